@@ -1,0 +1,76 @@
+"""Load an experiment directory into a DataFrame, one row per trial.
+
+Reads what Ray Tune writes per trial (params.json and progress.csv / result.json) rather than
+`ResultGrid.get_dataframe()`, which misses trials whose result.json is empty after a crash and restore
+(DESIGN.md pitfalls). The raysweep trials.csv adds each trial's status and failure reason.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+SWEEP_FILE = "raysweep.yaml"
+
+
+class ResultsError(ValueError):
+    """The directory is not a readable raysweep experiment."""
+
+
+def _last_result(trial_dir: Path) -> dict:
+    result = trial_dir / "result.json"
+    if result.is_file():
+        lines = [line for line in result.read_text().splitlines() if line.strip()]
+        if lines:
+            return json.loads(lines[-1])
+    progress = trial_dir / "progress.csv"
+    if progress.is_file() and progress.stat().st_size:
+        frame = pd.read_csv(progress)
+        if len(frame):
+            return frame.iloc[-1].to_dict()
+    return {}
+
+
+def load_trials(experiment: str | Path) -> pd.DataFrame:
+    """One row per trial: cell axes (`cell/<key>`), final metrics, status, paths."""
+    root = Path(experiment).expanduser()
+    if not (root / SWEEP_FILE).is_file():
+        raise ResultsError(f"{experiment}: not a raysweep experiment directory (no {SWEEP_FILE}); "
+                           "give the path printed by `raysweep run`")
+    rows = []
+    for params in sorted(root.glob("*/params.json")):
+        trial_dir = params.parent
+        cell = json.loads(params.read_text()).get("cell", {})
+        last = _last_result(trial_dir)
+        row = {"trial_id": last.get("trial_id", trial_dir.name.split("_")[0]), "trial_path": str(trial_dir)}
+        row |= {f"cell/{k}": v for k, v in cell.items()}
+        row |= {k: v for k, v in last.items() if "/" in k or k == "checkpoint_path"}
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    status_file = root / "trials.csv"
+    if len(frame) and status_file.is_file():
+        status = pd.read_csv(status_file, dtype={"trial_id": str})
+        keep = ["trial_id", "status", "adapter.type", "adapter.r", "train.seed", "error"]
+        frame = frame.merge(status[keep], on="trial_id", how="left")
+    return frame
+
+
+def print_overview(console, frame: pd.DataFrame, experiment: str) -> None:
+    from rich.table import Table
+
+    if frame.empty:
+        console.print(f"{experiment}: no trials have reported yet")
+        return
+    cols = [c for c in ("trial_id", "status", "adapter.type", "adapter.r", "train.seed", "train/step",
+                        "eval/loss", "eval/accuracy", "adapter/trainable_params") if c in frame]
+    table = Table(title=f"{experiment}: {len(frame)} trial(s)", title_justify="left")
+    for c in cols:
+        table.add_column(c)
+    for _, row in frame[cols].iterrows():
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+    out = Path(experiment).expanduser() / "summary.csv"
+    frame.to_csv(out, index=False)
+    console.print(f"wrote {out}")

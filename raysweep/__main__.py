@@ -1,0 +1,196 @@
+"""Command line: run | plan | resume | analyze. Thin: parses arguments and dispatches.
+
+Exit codes: 0 success, 1 some trial failed, 2 bad input (nothing launched), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from raysweep import config as C
+
+EXIT_TRIAL_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class BadInput(Exception):
+    """One or more user errors; printed without a traceback, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raysweep", description="Ray Tune sweeps of adapter fine-tuning.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a sweep")
+    run.add_argument("grid", help="grid YAML file")
+    run.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.max_steps=50")
+    run.add_argument("--address", default=None, help="existing Ray cluster ('auto' or host:port); default: start a local one")
+    run.add_argument("--storage", default=None, help="experiment storage root (default: grid 'storage' or ~/ray_results)")
+    run.add_argument("--name", default=None, help="experiment name (default: grid 'name', made unique)")
+    run.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
+    run.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
+
+    plan = sub.add_parser("plan", help="expand and validate a grid; print the trials (no compute)")
+    plan.add_argument("grid")
+    plan.add_argument("overrides", nargs="*")
+
+    resume = sub.add_parser("resume", help="continue an interrupted sweep (finished trials are kept)")
+    resume.add_argument("experiment", help="experiment directory, e.g. ~/ray_results/quickstart")
+    resume.add_argument("--address", default=None)
+    resume.add_argument("--retry-errored", action="store_true", help="also restart trials that failed")
+    resume.add_argument("--no-dashboard", action="store_true")
+    resume.add_argument("--verbose", action="store_true")
+
+    analyze = sub.add_parser("analyze", help="summarise a finished (or partial) experiment")
+    analyze.add_argument("experiment")
+    return p
+
+
+def _load(grid: str, overrides: list[str]):
+    from raysweep import space
+
+    try:
+        return space.load(grid, overrides)
+    except C.ConfigError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _preflight(raw: dict, trials) -> None:
+    """Checks that need the filesystem (or hub), done before Ray starts: model sources, data files."""
+    from raysweep import data, models
+
+    problems: list[str] = []
+    for name in sorted({t.config.model.name_or_path for t in trials}):
+        problem = models.check_source(name)
+        if problem:
+            problems.append(problem)
+    seen = set()
+    for t in trials:
+        key = t.config.data.model_dump_json()
+        if key not in seen:
+            seen.add(key)
+            problems += data.check_files(t.config.data.model_dump())
+    if problems:
+        raise BadInput("\n".join(["input problem(s):"] + [f"  - {p}" for p in dict.fromkeys(problems)]))
+
+
+def cmd_plan(args) -> int:
+    from raysweep.plan import print_plan
+
+    raw, sweep, trials = _load(args.grid, args.overrides)
+    print_plan(console, sweep, trials)
+    return 0
+
+
+def _unique_name(storage: Path, name: str) -> str:
+    candidate, i = name, 2
+    while (storage / candidate).exists():
+        candidate, i = f"{name}-{i}", i + 1
+    return candidate
+
+
+def _ensure_builtin(trials) -> None:
+    """Create the builtin model/task once, here, rather than racing in every trial."""
+    if any(t.config.model.name_or_path == "builtin" for t in trials) or any(
+        t.config.data.task == "builtin" for t in trials
+    ):
+        from raysweep.builtin import ensure_builtin_model, ensure_builtin_task
+
+        with console.status("builtin model and task (created on first use, ~1 minute)"):
+            ensure_builtin_model()
+            ensure_builtin_task()
+
+
+def _finish(callback, raw, experiment_path: str) -> int:
+    from raysweep.progress import print_summary
+
+    search = C.SearchConfig(**(raw.get("search") or {}))
+    print_summary(console, callback.records, experiment_path, search.metric, search.mode)
+    statuses = {r.status for r in callback.records.values()}
+    if statuses - {"TERMINATED", "ERROR"}:
+        return EXIT_INTERRUPTED
+    return EXIT_TRIAL_FAILED if "ERROR" in statuses else 0
+
+
+def cmd_run(args) -> int:
+    import yaml
+
+    raw, sweep, trials = _load(args.grid, args.overrides)
+    _preflight(raw, trials)
+    storage = Path(os.path.expanduser(args.storage or sweep.storage or "~/ray_results")).resolve()
+    name = _unique_name(storage, args.name or sweep.name)
+    experiment_path = str(storage / name)
+    _ensure_builtin(trials)
+
+    from raysweep import space, tune_driver
+    from raysweep.progress import ProgressCallback
+
+    Path(experiment_path).mkdir(parents=True, exist_ok=True)
+    saved = dict(raw, name=name, storage=str(storage))
+    (Path(experiment_path) / tune_driver.SWEEP_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
+    console.print(f"[bold]{len(trials)} trial(s)[/bold] × num_samples {sweep.search.num_samples} → {experiment_path}")
+    tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose)
+    callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(saved, cell))
+    try:
+        _, max_concurrent = tune_driver.run(saved, trials, str(storage), name, [callback])
+    except KeyboardInterrupt:
+        callback.write_csv()
+        console.print(f"interrupted; resume with: python -m raysweep resume {experiment_path}")
+        return EXIT_INTERRUPTED
+    return _finish(callback, saved, experiment_path)
+
+
+def cmd_resume(args) -> int:
+    from raysweep import space, tune_driver
+    from raysweep.progress import ProgressCallback
+
+    experiment_path = str(Path(os.path.expanduser(args.experiment)).resolve())
+    sweep_file = Path(experiment_path) / tune_driver.SWEEP_FILE
+    if not sweep_file.is_file() or not tune_driver.experiment_exists(experiment_path):
+        raise BadInput(f"{args.experiment}: not a raysweep experiment directory (no {tune_driver.SWEEP_FILE} "
+                       "or Tune experiment state); give the path printed by `raysweep run`")
+    raw, sweep, trials = _load(str(sweep_file), [])
+    _preflight(raw, trials)
+    _ensure_builtin(trials)
+    tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose)
+    callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(raw, cell))
+    try:
+        tune_driver.resume(experiment_path, raw, [callback], restart_errored=args.retry_errored)
+    except KeyboardInterrupt:
+        callback.write_csv()
+        console.print(f"interrupted; resume with: python -m raysweep resume {experiment_path}")
+        return EXIT_INTERRUPTED
+    return _finish(callback, raw, experiment_path)
+
+
+def cmd_analyze(args) -> int:
+    from analysis.load import ResultsError, load_trials, print_overview
+
+    try:
+        frame = load_trials(args.experiment)
+    except ResultsError as exc:
+        raise BadInput(str(exc)) from None
+    print_overview(console, frame, args.experiment)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"run": cmd_run, "plan": cmd_plan, "resume": cmd_resume, "analyze": cmd_analyze}[args.command]
+    try:
+        return handler(args)
+    except BadInput as exc:
+        err_console.print("[bold red]error[/bold red] ", end="")
+        err_console.print(str(exc), markup=False, highlight=False)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The interface every adapter family implements.
+
+The worker only talks to this interface: build the adapted model, add a penalty to the loss, act after
+each optimizer step, report extra metrics, save in peft format. Families with learned gates or masks
+(SoRA, SubLoRA, sparse masks) override the hooks; plain peft families use the defaults.
+Adapters never import Ray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class NoOptions(BaseModel):
+    """Family-specific keys under `adapter:`; a family without extra keys accepts none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Adapter:
+    """One adapter family. Subclasses set `name`, `description`, `Options` and implement `build`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, cfg: dict[str, Any]):
+        # cfg: the trial's resolved `adapter:` section (common keys + this family's options)
+        self.cfg = cfg
+
+    def build(self, model):
+        """Wrap `model` with the adapter; only adapter parameters may require grad afterwards."""
+        raise NotImplementedError
+
+    def loss_penalty(self, model):
+        """An extra term added to the training loss (None: no penalty)."""
+        return None
+
+    def after_optimizer_step(self, model, lr: float) -> None:
+        """Called after every optimizer step (e.g. proximal steps on gates)."""
+
+    def metrics(self, model) -> dict[str, float]:
+        """Adapter metrics reported with every result (effective params, sparsity, ...)."""
+        from raysweep import metrics as m
+
+        trainable, total = m.count_parameters(model)
+        return {
+            m.ADAPTER_TRAINABLE_PARAMS: trainable,
+            m.ADAPTER_EFFECTIVE_PARAMS: trainable,
+            m.ADAPTER_TOTAL_PARAMS: total - trainable,
+        }
+
+    def save(self, model, directory: Path) -> None:
+        """Save adapter weights only, in a format `PeftModel.from_pretrained` loads."""
+        model.save_pretrained(str(directory))
+
+    def state_dict(self, model) -> dict:
+        """Adapter weights only (for in-memory best copies and resume)."""
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+    def load_state_dict(self, model, state: dict) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)

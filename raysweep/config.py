@@ -1,0 +1,370 @@
+"""The schema of grid.yaml: one pydantic model per concern, and `load(path, overrides)`.
+
+Validation happens before Ray starts. Problems are collected (never the first one only) as
+`ConfigIssue(path, message)` where `path` is the YAML key path a user edits, e.g. `train.lr` or
+`grid[1].adapter.r`; the CLI prints them all and exits 2. Grid expansion lives in space.py.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raysweep import adapters
+
+SECTIONS_IN_TRIAL = ("model", "data", "train", "adapter")  # what a grid axis may change
+
+
+class _Section(BaseModel):
+    # extra="forbid": a typo such as `adapter.rank` must be an error, not silently ignored
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        "builtin",
+        description="'builtin' (tiny local model), a Hugging Face id, or a local model directory",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the base weights are loaded in"
+    )
+    trust_remote_code: bool = Field(False, description="passed to transformers' from_pretrained")
+
+
+class DataConfig(_Section):
+    task: Literal["builtin", "chat", "text"] = Field(
+        "builtin",
+        description="'builtin' (generated chat task), 'chat' (JSONL with messages) or 'text' (plain text)",
+    )
+    train_file: str | None = Field(None, description="path of the training file (chat JSONL or .txt)")
+    validation_file: str | None = Field(
+        None, description="path of the validation file; if empty, validation_split of train is held out"
+    )
+    validation_split: float = Field(0.1, gt=0, lt=1, description="held-out fraction when no validation_file")
+    max_seq_len: int = Field(128, gt=0, description="examples are truncated to this many tokens")
+    max_train_examples: int | None = Field(None, gt=0, description="use at most this many train examples")
+    max_eval_examples: int | None = Field(None, gt=0, description="use at most this many eval examples")
+
+    @model_validator(mode="after")
+    def _files_match_task(self) -> DataConfig:
+        if self.task in ("chat", "text") and not self.train_file:
+            raise ValueError(f"data.task '{self.task}' needs data.train_file: set it to your training file")
+        return self
+
+
+class EarlyStoppingConfig(_Section):
+    patience: int | None = Field(
+        None, gt=0, description="stop after this many evals without improvement (empty: never stop early)"
+    )
+    min_rel_improvement: float = Field(
+        0.0, ge=0, description="an eval improves if eval/loss < best·(1 − this)"
+    )
+
+
+class TrainConfig(_Section):
+    seed: int = Field(0, description="seed of weights init, data order and dropout")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate, e.g. 1e-3")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(16, gt=0, description="examples per micro-batch per worker")
+    eval_batch_size: int = Field(64, gt=0, description="examples per eval batch")
+    grad_accum_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; or set train.epochs")
+    epochs: float | None = Field(None, gt=0, description="passes over the train split; or set train.max_steps")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="lr schedule after warmup")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping norm (empty: no clipping)")
+    eval_every: int = Field(50, gt=0, description="evaluate every N optimizer steps (and at start and end)")
+    log_every: int = Field(10, gt=0, description="report train metrics every N optimizer steps")
+    checkpoint_every: int | None = Field(
+        None, gt=0, description="checkpoint every N steps (empty: at every eval); always at the end"
+    )
+    keep_last: int = Field(2, gt=0, description="checkpoints kept per trial (each holds the best adapter too)")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    bf16: bool = Field(False, description="bf16 autocast (GPUs with bf16 support)")
+    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainConfig:
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set train.max_steps or train.epochs")
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError("train.max_steps and train.epochs are both set: keep one")
+        return self
+
+
+class AdapterConfig(BaseModel):
+    # extra="allow": family-specific keys (e.g. a sparsity λ) are checked against the family's
+    # Options model by `validate_adapter_options`, which knows the family from `type`.
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field("lora", description="adapter family: " + ", ".join(adapters.names()))
+    r: int = Field(8, gt=0, description="adapter rank, e.g. 8")
+    alpha: float | None = Field(None, gt=0, description="scale numerator (scale = alpha/r); empty: 2·r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="'all-linear' or a list of module names such as [q_proj, v_proj]"
+    )
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in adapters.FAMILIES:
+            raise ValueError(f"unknown adapter {value!r}; use one of: {', '.join(adapters.names())}")
+        return value
+
+    @model_validator(mode="after")
+    def _default_alpha(self) -> AdapterConfig:
+        if self.alpha is None:
+            self.alpha = 2.0 * self.r
+        return self
+
+
+class SearchConfig(_Section):
+    metric: str = Field("eval/loss", description="metric that ranks trials, e.g. eval/loss or eval/accuracy")
+    mode: Literal["min", "max"] = Field("min", description="'min' or 'max' of search.metric")
+    num_samples: int = Field(1, gt=0, description="repeats of the whole grid")
+    scheduler: Literal["fifo"] = Field("fifo", description="trial scheduler ('fifo': run every trial to its end)")
+
+
+class ResourcesConfig(_Section):
+    num_workers: int = Field(1, gt=0, description="Ray Train workers (DDP ranks) per trial")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs each worker reserves (also its torch threads)")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs each worker reserves (fractions allowed)")
+    max_concurrent: int | None = Field(
+        None, gt=0, description="trials at once (empty: as many as the cluster's CPUs/GPUs hold)"
+    )
+    max_failures: int = Field(0, ge=0, description="retries of a failed trial from its latest checkpoint")
+
+
+class TrialConfig(_Section):
+    """Everything one trial needs; what the worker receives (as a plain dict)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=200))
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+
+class Sweep(TrialConfig):
+    """A whole grid.yaml: the base trial plus experiment-level settings and the grid."""
+
+    name: str = Field("sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="experiment name")
+    storage: str | None = Field(None, description="experiment storage root (empty: ~/ray_results)")
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    grid: Any = Field(default_factory=dict, description="axes: a mapping key.path -> [values], or a list of them")
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    """All problems of a grid file; `str()` is what the CLI prints."""
+
+    def __init__(self, source: str, issues: list[ConfigIssue]):
+        self.source = source
+        self.issues = issues
+        lines = [f"{source}: {len(issues)} problem(s)"] + [f"  - {i}" for i in issues]
+        super().__init__("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the file and applying overrides
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), [ConfigIssue("", f"grid file {str(path)!r} does not exist")])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            str(path), [ConfigIssue("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")]
+        ) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), [ConfigIssue("", "the top level must be a mapping (key: value lines)")])
+    raw.setdefault("name", path.stem)
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> list[ConfigIssue]:
+    """Apply `key.path=value` overrides in place (values parsed as YAML).
+
+    `grid.<axis>=[..]` sets that axis in every sub-grid. Overriding a key that is a grid axis
+    (e.g. `adapter.r=8` when the grid sweeps adapter.r) fixes it: the axis is removed.
+    """
+    issues = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            issues.append(ConfigIssue(item, "an override is key.path=value, e.g. train.max_steps=50"))
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        grid = raw.get("grid")
+        if key.startswith("grid."):
+            axis = key[len("grid."):]
+            if not grid:
+                raw["grid"] = {axis: value}
+            for sub in grid if isinstance(grid, list) else [grid] if isinstance(grid, dict) else []:
+                if isinstance(sub, dict):
+                    sub[axis] = value
+            continue
+        for sub in grid if isinstance(grid, list) else [grid]:
+            if isinstance(sub, dict):
+                sub.pop(key, None)
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return issues
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _loc_to_path(loc: tuple, prefix: str = "") -> str:
+    parts = [str(p) for p in loc if not str(p).startswith("function-")]
+    path = ".".join(parts)
+    return f"{prefix}.{path}" if prefix and path else (prefix or path)
+
+
+def _field_help(model: type[BaseModel], loc: tuple) -> str | None:
+    """The description of the field at `loc` (used as the 'how to fix' part of a message)."""
+    current: Any = model
+    field = None
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        field = fields[part]
+        current = field.annotation
+    return field.description if field else None
+
+
+# names researchers bring from other tools' configs
+_ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+            "learning_rate": "lr", "steps": "max_steps", "num_epochs": "epochs", "seq_len": "max_seq_len",
+            "model": "name_or_path", "path": "name_or_path", "target": "target_modules"}
+
+
+def _suggest(name: str, candidates: list[str]) -> str:
+    head, _, leaf = name.rpartition(".")
+    alias = f"{head}.{_ALIASES[leaf]}" if head and leaf in _ALIASES else _ALIASES.get(leaf)
+    if alias in candidates:
+        return f"; did you mean {alias!r}?"
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.8 if "." in name else 0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def pydantic_issues(model: type[BaseModel], exc: ValidationError, prefix: str = "") -> list[ConfigIssue]:
+    issues = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        path = _loc_to_path(loc, prefix)
+        if err["type"] == "extra_forbidden":
+            parent = model
+            for part in loc[:-1]:
+                fields = getattr(parent, "model_fields", {})
+                parent = fields[part].annotation if part in fields else None
+            known = list(getattr(parent, "model_fields", {}))
+            msg = f"unknown key{_suggest(str(loc[-1]), known)} (valid keys: {', '.join(known)})"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] not in ("value_error", "assertion_error"):
+                msg += f" (got {err.get('input')!r})"
+                hint = _field_help(model, loc)
+                if hint:
+                    msg += f"; expected: {hint}"
+        issues.append(ConfigIssue(path, msg))
+    return issues
+
+
+def validate_adapter_options(adapter: AdapterConfig, prefix: str = "adapter") -> list[ConfigIssue]:
+    """Check family-specific keys under `adapter:` against the family's Options model."""
+    family = adapters.get(adapter.type)
+    extras = dict(adapter.model_extra or {})
+    try:
+        family.Options(**extras)
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                owners = [n for n in adapters.names() if key in adapters.get(n).Options.model_fields]
+                where = f"it applies to: {', '.join(owners)}" if owners else "no adapter has it"
+                common = _suggest(key, list(AdapterConfig.model_fields))
+                issues.append(ConfigIssue(
+                    f"{prefix}.{key}", f"not an option of adapter {adapter.type!r} ({where}{common})"
+                ))
+            else:
+                issues.append(ConfigIssue(f"{prefix}.{key}", f"{err['msg']} (got {err.get('input')!r})"))
+        return issues
+    return []
+
+
+def validate_trial(raw: dict[str, Any], prefix: str = "") -> tuple[TrialConfig | None, list[ConfigIssue]]:
+    """Validate one fully-resolved trial dict (no grid)."""
+    body = {k: v for k, v in raw.items() if k in TrialConfig.model_fields}
+    try:
+        trial = TrialConfig(**body)
+    except ValidationError as exc:
+        return None, pydantic_issues(TrialConfig, exc, prefix)
+    issues = validate_adapter_options(trial.adapter, f"{prefix}.adapter" if prefix else "adapter")
+    return (None if issues else trial), issues
+
+
+def validate_sweep(raw: dict[str, Any]) -> tuple[Sweep | None, list[ConfigIssue]]:
+    """Validate the experiment-level keys and the base trial (the grid is checked in space.py)."""
+    try:
+        sweep = Sweep(**raw)
+    except ValidationError as exc:
+        issues = pydantic_issues(Sweep, exc)
+        try:  # still report adapter-option problems when only other sections are wrong
+            issues += validate_adapter_options(AdapterConfig(**(raw.get("adapter") or {})))
+        except (ValidationError, TypeError):
+            pass
+        return None, issues
+    return sweep, validate_adapter_options(sweep.adapter)
+
+
+def axis_paths() -> list[str]:
+    """Every dotted key a grid axis may sweep (used for 'did you mean' and axis validation)."""
+    paths = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+            else:
+                paths.append(f"{prefix}{name}")
+
+    for section in SECTIONS_IN_TRIAL:
+        walk(TrialConfig.model_fields[section].annotation, f"{section}.")
+    for name in adapters.names():
+        paths += [f"adapter.{key}" for key in adapters.get(name).Options.model_fields]
+    return sorted(set(paths))

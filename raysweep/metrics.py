@@ -1,0 +1,53 @@
+"""Metric names (flat, '/'-namespaced) and the accounting helpers that produce them.
+
+Every metric key reported by a trial is a constant here, so analysis, the progress table and tests
+agree on names without importing the worker.
+"""
+
+from __future__ import annotations
+
+import os
+
+TRAIN_LOSS = "train/loss"
+TRAIN_LR = "train/lr"
+TRAIN_TOKENS_PER_S = "train/tokens_per_s"
+TRAIN_STEP = "train/step"
+TRAIN_EPOCH = "train/epoch"
+TRAIN_TOKENS = "train/tokens"
+TRAIN_EARLY_STOPPED = "train/early_stopped"
+EVAL_LOSS = "eval/loss"
+EVAL_PPL = "eval/ppl"
+EVAL_ACCURACY = "eval/accuracy"
+EVAL_BEST_LOSS = "eval/best_loss"
+EVAL_INITIAL_LOSS = "eval/initial_loss"
+SYS_MEM_MB = "sys/mem_mb"
+SYS_SETUP_S = "sys/setup_s"
+ADAPTER_TRAINABLE_PARAMS = "adapter/trainable_params"
+ADAPTER_EFFECTIVE_PARAMS = "adapter/effective_params"
+ADAPTER_TOTAL_PARAMS = "adapter/base_params"
+ADAPTER_SPARSITY = "adapter/sparsity"
+CHECKPOINT_PATH = "checkpoint_path"  # added by Ray's TuneReportCallback when a checkpoint is reported
+
+ALL_METRICS = (
+    TRAIN_LOSS, TRAIN_LR, TRAIN_TOKENS_PER_S, TRAIN_STEP, TRAIN_EPOCH, TRAIN_TOKENS, TRAIN_EARLY_STOPPED,
+    EVAL_LOSS, EVAL_PPL, EVAL_ACCURACY, EVAL_BEST_LOSS, EVAL_INITIAL_LOSS, SYS_MEM_MB, SYS_SETUP_S,
+    ADAPTER_TRAINABLE_PARAMS, ADAPTER_EFFECTIVE_PARAMS, ADAPTER_TOTAL_PARAMS, ADAPTER_SPARSITY,
+)
+
+
+def memory_mb() -> float:
+    """GPU memory allocated by this process if on CUDA, else the process resident set size."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss / 2**20
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts of a torch module."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,52 @@
+"""`raysweep plan`: the trial table, the count and what each trial asks of the cluster. No compute."""
+
+from __future__ import annotations
+
+import os
+
+from rich.console import Console
+from rich.table import Table
+
+from raysweep import config as C
+from raysweep.space import Trial
+
+
+def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial]) -> None:
+    axes = list(dict.fromkeys(k for t in trials for k in t.cell))
+    table = Table(title=f"{sweep.name}: {len(trials)} trial(s)", title_justify="left")
+    table.add_column("#", justify="right")
+    if any(t.subgrid for t in trials):
+        table.add_column("sub-grid", justify="right")
+    for key in axes:
+        table.add_column(key)
+    # adapter, rank and seed are shown even when they are not axes
+    fixed = [k for k in ("adapter.type", "adapter.r", "train.seed") if k not in axes]
+    for col in (*fixed, "steps", "workers", "CPU", "GPU"):
+        table.add_column(col, justify="right")
+    for t in trials:
+        c = t.config
+        steps = c.train.max_steps if c.train.max_steps else f"{c.train.epochs} ep"
+        res = c.resources
+        row = [str(t.index)] + ([str(t.subgrid)] if any(x.subgrid for x in trials) else [])
+        row += [str(t.cell.get(k, "")) for k in axes]
+        values = {"adapter.type": c.adapter.type, "adapter.r": c.adapter.r, "train.seed": c.train.seed}
+        row += [str(values[k]) for k in fixed] + [str(steps), str(res.num_workers),
+                f"{res.cpus_per_worker * res.num_workers:g}", f"{res.gpus_per_worker * res.num_workers:g}"]
+        table.add_row(*row)
+    console.print(table)
+    n = len(trials) * sweep.search.num_samples
+    res = sweep.resources
+    per_trial = (f"{res.num_workers} worker(s) × ({res.cpus_per_worker:g} CPU"
+                 + (f", {res.gpus_per_worker:g} GPU" if res.gpus_per_worker else "") + ")")
+    console.print(f"trials: {n} ({len(trials)} cells × num_samples {sweep.search.num_samples})")
+    console.print(f"each trial asks for: {per_trial}")
+    if res.max_concurrent:
+        console.print(f"at most {res.max_concurrent} at once (resources.max_concurrent)")
+    elif not res.gpus_per_worker:
+        cpus = os.cpu_count() or 1
+        slots = max(1, int(cpus // (res.cpus_per_worker * res.num_workers)))
+        console.print(f"on this machine ({cpus} CPUs): {slots} trial(s) at once; on a cluster: its CPUs ÷ "
+                      f"{res.cpus_per_worker * res.num_workers:g}")
+    else:
+        console.print(f"trials at once: the cluster's GPUs ÷ {res.gpus_per_worker * res.num_workers:g}")
+    console.print(f"ranked by: {sweep.search.metric} ({sweep.search.mode})")

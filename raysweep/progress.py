@@ -1,0 +1,205 @@
+"""Live trial table while a sweep runs, the trials.csv record, and the end-of-sweep summary."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from raysweep import metrics as M
+
+STATUS_STYLE = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "PENDING": "dim", "PAUSED": "yellow"}
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+class TrialRecord:
+    """What we show and save per trial; filled from Tune callbacks (driver process only)."""
+
+    def __init__(self, trial_id: str, cell: dict[str, Any], resolved: dict[str, Any]):
+        self.trial_id = trial_id
+        self.cell = cell
+        self.resolved = resolved  # adapter type, rank, seed even when they are not grid axes
+        self.status = "PENDING"
+        self.last: dict[str, Any] = {}
+        self.error = ""
+        self.path = ""
+
+
+class ProgressCallback(Callback):
+    """A Ray Tune Callback running in the driver process.
+
+    On a terminal: a live-updating table. Elsewhere (CI, nohup logs): a table every `every_s`
+    seconds and one line per finished trial, so a log file stays readable.
+    """
+
+    def __init__(self, experiment_path: str, resolve, console: Console | None = None, every_s: float = 30.0):
+        super().__init__()
+        self.experiment_path = experiment_path
+        self._resolve = resolve  # cell -> resolved trial config dict
+        self.console = console or Console()
+        self.every_s = every_s
+        self.records: dict[str, TrialRecord] = {}
+        self._live: Live | None = None
+        self._last_print = 0.0
+
+    # --- Tune Callback interface -------------------------------------------------------------
+    def setup(self, **info) -> None:
+        if self.console.is_terminal:
+            self._live = Live(self.table(), console=self.console, refresh_per_second=1, transient=False)
+            self._live.start()
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        for trial in trials:
+            self._record(trial)
+        self._refresh()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._record(trial).last = dict(result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        rec = self._record(trial)
+        rec.status = "TERMINATED"
+        self._line(rec)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        rec = self._record(trial)
+        rec.status = "ERROR"
+        rec.error = read_error(getattr(trial, "path", None) or "")
+        self._line(rec)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        for trial in trials:
+            self._record(trial)
+        if self._live:
+            self._live.update(self.table())
+            self._live.stop()
+        elif self.records:
+            self.console.print(self.table())
+        self.write_csv()
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+    def _record(self, trial) -> TrialRecord:
+        rec = self.records.get(trial.trial_id)
+        if rec is None:
+            cell = trial.config.get("cell", {})
+            rec = self.records[trial.trial_id] = TrialRecord(trial.trial_id, cell, self._resolve(cell))
+        rec.status = str(trial.status)
+        rec.path = getattr(trial, "path", "") or rec.path
+        if not rec.last and getattr(trial, "last_result", None):
+            rec.last = dict(trial.last_result)  # trials restored from a previous run
+        if rec.status == "ERROR" and not rec.error:
+            rec.error = read_error(rec.path)
+        return rec
+
+    def _refresh(self) -> None:
+        if self._live:
+            self._live.update(self.table())
+        elif time.monotonic() - self._last_print > self.every_s and self.records:
+            self._last_print = time.monotonic()
+            self.console.print(self.table())
+
+    def _line(self, rec: TrialRecord) -> None:
+        if self._live:
+            return
+        text = Text(f"{rec.status:<10} {rec.trial_id}  {describe(rec)}", style=STATUS_STYLE.get(rec.status, ""))
+        if rec.error:
+            text.append(f"  {rec.error}")
+        else:
+            text.append(f"  eval/loss={_fmt(rec.last.get(M.EVAL_LOSS))}")
+        self.console.print(text)
+
+    def table(self) -> Table:
+        counts: dict[str, int] = {}
+        for rec in self.records.values():
+            counts[rec.status] = counts.get(rec.status, 0) + 1
+        title = "  ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "starting"
+        table = Table(title=f"raysweep · {title}", title_justify="left")
+        for col in ("trial", "status", "adapter", "rank", "seed", "step", "loss", "eval loss", "acc", "tok/s"):
+            table.add_column(col, justify="right" if col not in ("trial", "status", "adapter") else "left")
+        for rec in self.records.values():
+            last = rec.last
+            table.add_row(
+                rec.trial_id, Text(rec.status, style=STATUS_STYLE.get(rec.status, "")),
+                str(rec.resolved["adapter"]["type"]), str(rec.resolved["adapter"]["r"]),
+                str(rec.resolved["train"]["seed"]), _fmt(last.get(M.TRAIN_STEP)), _fmt(last.get(M.TRAIN_LOSS)),
+                _fmt(last.get(M.EVAL_LOSS)), _fmt(last.get(M.EVAL_ACCURACY), 3),
+                _fmt(last.get(M.TRAIN_TOKENS_PER_S), 3),
+            )
+        return table
+
+    def write_csv(self) -> Path:
+        path = Path(self.experiment_path) / "trials.csv"
+        metric_keys = [k for k in M.ALL_METRICS]
+        cell_keys = sorted({k for r in self.records.values() for k in r.cell})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["trial_id", "status", "adapter.type", "adapter.r", "train.seed",
+                        *[f"cell/{k}" for k in cell_keys], *metric_keys, "checkpoint_path", "error", "trial_path"])
+            for r in self.records.values():
+                w.writerow([r.trial_id, r.status, r.resolved["adapter"]["type"], r.resolved["adapter"]["r"],
+                            r.resolved["train"]["seed"], *[r.cell.get(k, "") for k in cell_keys],
+                            *[r.last.get(k, "") for k in metric_keys], r.last.get(M.CHECKPOINT_PATH, ""),
+                            r.error, r.path])
+        return path
+
+
+def describe(rec: TrialRecord) -> str:
+    a, t = rec.resolved["adapter"], rec.resolved["train"]
+    return f"{a['type']} r={a['r']} seed={t['seed']}"
+
+
+def read_error(trial_path: str) -> str:
+    """The last line of a trial's error file: our TrialFailed reason."""
+    path = Path(trial_path) / "error.txt" if trial_path else None
+    if not path or not path.is_file():
+        return "failed (no error.txt)"
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "TrialFailed:" in line:
+            return line.split("TrialFailed:", 1)[1].strip()
+    return lines[-1] if lines else "failed"
+
+
+def print_summary(console: Console, records: dict[str, TrialRecord], experiment_path: str,
+                  metric: str, mode: str) -> None:
+    """Best trial per adapter, the experiment path and the commands to resume and analyze."""
+    done = [r for r in records.values() if r.status == "TERMINATED" and r.last.get(metric) is not None]
+    failed = [r for r in records.values() if r.status == "ERROR"]
+    unfinished = [r for r in records.values() if r.status not in ("TERMINATED", "ERROR")]
+    table = Table(title=f"best trial per adapter by final {metric} ({mode})", title_justify="left")
+    for col in ("adapter", "trial", "rank", "seed", metric, "eval/accuracy", "trainable params"):
+        table.add_column(col)
+    best: dict[str, TrialRecord] = {}
+    sign = 1 if mode == "min" else -1
+    for r in done:
+        a = r.resolved["adapter"]["type"]
+        if a not in best or sign * r.last[metric] < sign * best[a].last[metric]:
+            best[a] = r
+    for a, r in sorted(best.items()):
+        table.add_row(a, r.trial_id, str(r.resolved["adapter"]["r"]), str(r.resolved["train"]["seed"]),
+                      _fmt(r.last[metric]), _fmt(r.last.get(M.EVAL_ACCURACY), 3),
+                      _fmt(r.last.get(M.ADAPTER_TRAINABLE_PARAMS)))
+    console.print(table)
+    console.print(f"{len(done)} finished, {len(failed)} failed, {len(unfinished)} unfinished")
+    for r in failed:
+        console.print(Text(f"  ERROR {r.trial_id} ({describe(r)}): {r.error}", style="red"))
+    console.print(f"experiment: {experiment_path}")
+    console.print(f"trial table: {Path(experiment_path) / 'trials.csv'}")
+    console.print(f"resume:  python -m raysweep resume {experiment_path}")
+    console.print(f"analyze: python -m raysweep analyze {experiment_path}")

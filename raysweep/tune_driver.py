@@ -1,0 +1,157 @@
+"""Build and run the Tuner: a per-trial driver function that fits a Ray Train TorchTrainer.
+
+This is Ray Train V2's supported Tune+Train pattern (`Tuner(TorchTrainer)` is deprecated): Tune runs
+`driver_fn` once per trial; it builds a TorchTrainer whose rank-0 reports reach Tune through
+`TuneReportCallback`. All Ray calls of the package live in this module (Ray silently starts a new
+local cluster if called after shutdown, so keep them in one place).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from raysweep import space
+
+SWEEP_FILE = "raysweep.yaml"  # the resolved grid file, saved in the experiment dir for resume/analysis
+TRIALS_FILE = "trials.csv"  # one row per trial: status, cell, final metrics, checkpoint, error
+TRAIN_RUNS_DIR = "train_runs"  # Ray Train run dirs (checkpoints) inside the experiment dir
+
+
+class TrialFailed(RuntimeError):
+    """The one-line reason a trial failed (the full traceback stays in the trial's error.txt)."""
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if inner is None:
+            errors = getattr(exc, "worker_failures", None) or {}
+            inner = next(iter(errors.values()), None) if isinstance(errors, dict) else None
+        if inner is None:
+            break
+        exc = inner
+    return exc
+
+
+def driver_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any], train_storage: str) -> None:
+    """One trial: resolve its config, fit a TorchTrainer named after the trial id."""
+    from ray import tune
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raysweep.worker import train_fn_per_worker
+
+    trial = space.trial_config(sweep_raw, cell_config["cell"])
+    res = trial["resources"]
+    per_worker = {"CPU": res["cpus_per_worker"]}
+    if res["gpus_per_worker"]:
+        per_worker["GPU"] = res["gpus_per_worker"]
+    # Names come from the trial id, never a timestamp: a resumed trial finds its own Train run
+    # (and its latest checkpoint) again under the same name.
+    trainer = TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config=trial,
+        scaling_config=ScalingConfig(num_workers=res["num_workers"], use_gpu=bool(res["gpus_per_worker"]),
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=f"train-{tune.get_context().get_trial_id()}",
+            storage_path=train_storage,
+            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=res["max_failures"]),
+            checkpoint_config=CheckpointConfig(num_to_keep=trial["train"]["keep_last"]),
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - re-raised with the root cause as a one-line reason
+        cause = _root_cause(exc)
+        raise TrialFailed(f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}") from exc
+
+
+def slots(sweep_raw: dict[str, Any], cluster: dict[str, float]) -> int:
+    """Trials the cluster can hold at once (user override wins)."""
+    res = space.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
+    if res.max_concurrent:
+        return res.max_concurrent
+    if res.gpus_per_worker:
+        return max(1, math.floor(cluster.get("GPU", 0) / (res.gpus_per_worker * res.num_workers)))
+    return max(1, math.floor(cluster.get("CPU", 1) / (res.cpus_per_worker * res.num_workers)))
+
+
+def init_ray(address: str | None, dashboard: bool = True, verbose: bool = False) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Ray Tune's own progress output is replaced by ours (progress.py)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "ERROR"}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # the dashboard listens on loopback only; reach it from elsewhere through an SSH tunnel
+        ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
+
+
+def build_trainable(sweep_raw: dict[str, Any], experiment_path: str):
+    from ray import tune
+
+    trainable = tune.with_parameters(
+        driver_fn, sweep_raw=sweep_raw, train_storage=os.path.join(experiment_path, TRAIN_RUNS_DIR)
+    )
+    # The driver only waits on its TorchTrainer; by default it would reserve a CPU, which deadlocks a
+    # 2-CPU machine (workers never start). CPU 0 alone is rejected, so reserve a token of memory.
+    return tune.with_resources(trainable, {"cpu": 0, "memory": 1})
+
+
+def _trial_dirname(trial) -> str:
+    cell = trial.config.get("cell", {})
+    short = "_".join(f"{k.split('.')[-1]}={v}" for k, v in cell.items())
+    return f"{trial.trial_id}_{short}"[:120].replace("/", "-")
+
+
+def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name: str, callbacks: list):
+    from ray import tune
+
+    experiment_path = os.path.join(storage, name)
+    search = space.C.SearchConfig(**(sweep_raw.get("search") or {}))
+    import ray
+
+    max_concurrent = slots(sweep_raw, ray.cluster_resources())
+    tuner = tune.Tuner(
+        build_trainable(sweep_raw, experiment_path),
+        param_space=space.param_space(trials),
+        tune_config=tune.TuneConfig(
+            num_samples=search.num_samples,
+            max_concurrent_trials=max_concurrent,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    return tuner.fit(), max_concurrent
+
+
+def resume(experiment_path: str, sweep_raw: dict[str, Any], callbacks: list, restart_errored: bool = False):
+    from ray import tune
+
+    tuner = tune.Tuner.restore(
+        experiment_path,
+        trainable=build_trainable(sweep_raw, experiment_path),
+        resume_unfinished=True,
+        restart_errored=restart_errored,
+    )
+    # Tuner.restore keeps the RunConfig of the original run, whose callbacks are not restored
+    tuner._local_tuner._run_config.callbacks = callbacks  # noqa: SLF001 - no public setter in Ray 2.60
+    return tuner.fit()
+
+
+def experiment_exists(path: str | Path) -> bool:
+    return Path(path).is_dir() and any(Path(path).glob("experiment_state*.json"))

@@ -1,0 +1,257 @@
+"""The training loop of one trial, readable top to bottom.
+
+`train_fn_per_worker(config)` is what Ray Train runs on every worker; it hands a `TrainSession` to
+`run_training`, which knows nothing about the executor (session.py). `config` is the resolved trial
+config (config.TrialConfig as a dict) plus `_trial` metadata from the Tune driver.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from raysweep import checkpointing, metrics as M
+from raysweep.session import Session
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN/inf loss; ends the trial (retrying would repeat it)."""
+
+
+def train_fn_per_worker(config: dict[str, Any]) -> None:
+    from raysweep.session import TrainSession
+
+    run_training(config, TrainSession())
+
+
+# --------------------------------------------------------------------------------------- setup_*
+
+
+def setup_runtime(config: dict[str, Any]) -> None:
+    import torch
+    from transformers import set_seed
+
+    # one torch thread per reserved CPU: oversubscribing cores slows concurrent trials down
+    torch.set_num_threads(max(1, int(config["resources"]["cpus_per_worker"])))
+    set_seed(config["train"]["seed"])
+
+
+def setup_model(config: dict[str, Any], session: Session):
+    """(wrapped model for training, unwrapped peft model, adapter, tokenizer)."""
+    from raysweep import adapters, models
+
+    base, tokenizer = models.load(config["model"])
+    adapter = adapters.get(config["adapter"]["type"])(config["adapter"])
+    model = adapter.build(base)
+    if config["train"]["gradient_checkpointing"]:
+        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    wrapped = session.prepare_model(model)
+    return wrapped, model, adapter, tokenizer
+
+
+def setup_data(config: dict[str, Any], tokenizer):
+    from raysweep import data
+
+    return data.load_splits(tokenizer, config["data"], seed=config["train"]["seed"])
+
+
+def total_steps(train_cfg: dict[str, Any], n_train: int, world_size: int) -> int:
+    if train_cfg["max_steps"]:
+        return int(train_cfg["max_steps"])
+    per_step = train_cfg["batch_size"] * train_cfg["grad_accum_steps"] * world_size
+    return max(1, math.ceil(train_cfg["epochs"] * n_train / per_step))
+
+
+def setup_optimizer(config: dict[str, Any], model, steps: int):
+    import torch
+    from transformers import get_scheduler
+
+    t = config["train"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t["schedule"]]
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=t["warmup_steps"], num_training_steps=steps)
+    return optimizer, scheduler
+
+
+def micro_batches(n: int, batch_size: int, seed: int, rank: int, world_size: int, start: int = 0):
+    """Endless stream of index lists: a fresh seeded permutation per epoch, sharded by rank.
+
+    Deterministic in (seed, position), so a resumed trial skips `start` micro-batches by arithmetic.
+    """
+    import torch
+
+    per_epoch = max(1, (n // world_size) // batch_size)
+    epoch, pos = divmod(start, per_epoch)
+    while True:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=g).tolist()[rank::world_size]
+        for b in range(pos, per_epoch):
+            yield epoch, order[b * batch_size : (b + 1) * batch_size]
+        epoch, pos = epoch + 1, 0
+
+
+# ------------------------------------------------------------------------------------------ eval
+
+
+def evaluate(model, examples, config: dict[str, Any], session: Session, pad_id: int) -> dict[str, float]:
+    """Token-level loss over the whole eval split (sharded over workers), and exact-match accuracy:
+    an example counts as correct when every labelled token is the argmax under teacher forcing."""
+    import torch
+    import torch.nn.functional as F
+
+    from raysweep.data import IGNORE_INDEX, collate
+
+    device = session.device()
+    bs = config["train"]["eval_batch_size"]
+    mine = examples[session.world_rank :: session.world_size]
+    sums = torch.zeros(4, dtype=torch.float64)  # loss sum, tokens, exact matches, examples
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(mine), bs):
+            batch = {k: v.to(device) for k, v in collate(mine[i : i + bs], pad_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
+            valid = labels != IGNORE_INDEX
+            loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+            correct = (logits.argmax(-1) == labels) | ~valid
+            sums += torch.tensor([loss.item(), valid.sum().item(), correct.all(-1).sum().item(), len(labels)],
+                                 dtype=torch.float64)
+    model.train(was_training)
+    if session.world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(sums)
+    loss = (sums[0] / sums[1].clamp(min=1)).item()
+    out = {M.EVAL_LOSS: loss, M.EVAL_PPL: math.exp(min(loss, 50.0))}
+    if config["data"]["task"] != "text":  # only answers (chat/builtin) have a notion of correct
+        out[M.EVAL_ACCURACY] = (sums[2] / sums[3]).item()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ loop
+
+
+def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
+    import torch
+
+    from raysweep.data import collate
+
+    t_setup = time.perf_counter()
+    t = config["train"]
+    setup_runtime(config)
+    wrapped, model, adapter, tokenizer = setup_model(config, session)
+    train_set, eval_set = setup_data(config, tokenizer)
+    steps = total_steps(t, len(train_set), session.world_size)
+    optimizer, scheduler = setup_optimizer(config, model, steps)
+    device = session.device()
+    pad_id = tokenizer.pad_token_id
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t["bf16"])
+    ckpt_every = t["checkpoint_every"] or t["eval_every"]
+
+    # state that a checkpoint carries across a restart
+    state: dict[str, Any] = {"step": 0, "tokens": 0, "best_loss": math.inf, "best_step": 0,
+                             "bad_evals": 0, "initial_loss": None, "early_stopped": False}
+    best_adapter_state = None
+    with session.latest_checkpoint() as ckpt:
+        if ckpt is not None:  # resume: adapter weights, optimizer, schedule, data position, RNG
+            saved = checkpointing.load_trainer_state(ckpt)
+            adapter.load_state_dict(model, checkpointing.load_adapter_state(ckpt))
+            best_adapter_state = checkpointing.load_best_state(ckpt)
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            torch.set_rng_state(saved["rng"])
+            state = saved["state"]
+
+    static = adapter.metrics(model) | {M.SYS_SETUP_S: time.perf_counter() - t_setup}
+    last_eval: dict[str, float] = {}
+
+    def report(extra: dict[str, Any], with_checkpoint: bool) -> None:
+        row = static | last_eval | extra | {
+            M.TRAIN_STEP: state["step"], M.TRAIN_TOKENS: state["tokens"], M.SYS_MEM_MB: M.memory_mb(),
+            M.EVAL_BEST_LOSS: state["best_loss"], M.EVAL_INITIAL_LOSS: state["initial_loss"],
+            M.TRAIN_EARLY_STOPPED: state["early_stopped"],
+        }
+        if not with_checkpoint:
+            session.report(row)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = None
+            if session.world_rank == 0:  # one copy of the (replicated) adapter is enough
+                trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                 "rng": torch.get_rng_state(), "state": dict(state)}
+                directory = checkpointing.save(
+                    Path(tmp) / f"checkpoint_step{state['step']:06d}", adapter=adapter, model=model,
+                    best_state=best_adapter_state, trainer_state=trainer_state, config=config, metrics=row)
+            session.report(row, directory)
+
+    def run_eval() -> None:
+        nonlocal best_adapter_state
+        last_eval.update(evaluate(model, eval_set, config, session, pad_id))
+        loss = last_eval[M.EVAL_LOSS]
+        if state["initial_loss"] is None:
+            state["initial_loss"] = loss
+        threshold = state["best_loss"] * (1 - t["early_stopping"]["min_rel_improvement"])
+        if math.isinf(state["best_loss"]) or loss < threshold:
+            state["best_loss"], state["best_step"], state["bad_evals"] = loss, state["step"], 0
+            best_adapter_state = adapter.state_dict(model)
+        else:
+            state["bad_evals"] += 1
+
+    if state["step"] == 0:
+        run_eval()  # the starting point, so every trial's improvement is measurable
+        report({}, with_checkpoint=False)
+
+    batches = micro_batches(len(train_set), t["batch_size"], t["seed"], session.world_rank,
+                            session.world_size, start=state["step"] * t["grad_accum_steps"])
+    wrapped.train()
+    window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
+    while state["step"] < steps and not state["early_stopped"]:
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        for _ in range(t["grad_accum_steps"]):
+            epoch, idx = next(batches)
+            batch = {k: v.to(device) for k, v in collate([train_set[i] for i in idx], pad_id).items()}
+            with autocast:
+                loss = wrapped(**batch).loss
+                penalty = adapter.loss_penalty(model)
+                total = loss if penalty is None else loss + penalty
+            if not torch.isfinite(total):
+                raise NonFiniteLossError(
+                    f"train/loss is {total.item()} at step {state['step']} (lr {scheduler.get_last_lr()[0]:.3g}); "
+                    "lower train.lr, keep train.max_grad_norm set, or check the data for empty/odd examples")
+            (total / t["grad_accum_steps"]).backward()
+            window_loss += loss.item() / t["grad_accum_steps"]
+            n_tokens = int(batch["attention_mask"].sum())
+            window_tokens += n_tokens * session.world_size
+            state["tokens"] += n_tokens * session.world_size
+        if t["max_grad_norm"]:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t["max_grad_norm"])
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        adapter.after_optimizer_step(model, lr)
+        state["step"] += 1
+        window_n += 1
+        window_time += time.perf_counter() - t0
+
+        is_last = state["step"] >= steps
+        is_eval = state["step"] % t["eval_every"] == 0 or is_last
+        if is_eval:
+            run_eval()
+            patience = t["early_stopping"]["patience"]
+            state["early_stopped"] = bool(patience) and state["bad_evals"] >= patience and not is_last
+        if is_eval or state["step"] % t["log_every"] == 0:
+            row = {M.TRAIN_LOSS: window_loss / window_n, M.TRAIN_LR: lr, M.TRAIN_EPOCH: epoch,
+                   M.TRAIN_TOKENS_PER_S: window_tokens / max(window_time, 1e-9)}
+            row |= adapter.metrics(model)
+            done = is_last or state["early_stopped"]  # both only happen on eval steps
+            report(row, with_checkpoint=done or state["step"] % ckpt_every == 0)
+            window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
+    return {"state": state, "eval": last_eval}

@@ -1,0 +1,34 @@
+"""Shared fixtures. The builtin model/task cache is per test session (never the user's cache)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    # RAYSWEEP_CACHE may be preset (CI reuses one cache across test files); otherwise a temp dir
+    if "RAYSWEEP_CACHE" not in os.environ:
+        os.environ["RAYSWEEP_CACHE"] = str(tmp_path_factory.mktemp("raysweep-cache"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    yield
+
+
+@pytest.fixture(scope="session")
+def builtin_model_dir(_isolated_cache) -> Path:
+    from raysweep.builtin import ensure_builtin_model
+
+    return ensure_builtin_model()
+
+
+@pytest.fixture(scope="session")
+def builtin_task_files(_isolated_cache) -> tuple[Path, Path]:
+    from raysweep.builtin import ensure_builtin_task
+
+    return ensure_builtin_task()
