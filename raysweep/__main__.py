@@ -17,7 +17,9 @@ from raysweep import config as C
 EXIT_TRIAL_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 console = Console()
-err_console = Console(stderr=True)
+if not console.is_terminal:  # logs and CI: wide enough that trial ids and numbers are not cut
+    console = Console(width=140)
+err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 140)
 
 
 class BadInput(Exception):
@@ -137,7 +139,7 @@ def cmd_run(args) -> int:
     (Path(experiment_path) / tune_driver.SWEEP_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
     console.print(f"[bold]{len(trials)} trial(s)[/bold] × num_samples {sweep.search.num_samples} → {experiment_path}")
     tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose)
-    callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(saved, cell))
+    callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(saved, cell), console)
     try:
         _, max_concurrent = tune_driver.run(saved, trials, str(storage), name, [callback])
     except KeyboardInterrupt:
@@ -160,7 +162,7 @@ def cmd_resume(args) -> int:
     _preflight(raw, trials)
     _ensure_builtin(trials)
     tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose)
-    callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(raw, cell))
+    callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(raw, cell), console)
     try:
         tune_driver.resume(experiment_path, raw, [callback], restart_errored=args.retry_errored)
     except KeyboardInterrupt:

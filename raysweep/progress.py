@@ -57,6 +57,18 @@ class ProgressCallback(Callback):
         self._live: Live | None = None
         self._last_print = 0.0
 
+    def __getstate__(self) -> dict:
+        # Tune pickles the RunConfig (callbacks included) into the experiment dir; consoles and the
+        # live display hold locks and are rebuilt after unpickling
+        state = dict(self.__dict__)
+        state["_live"] = None
+        state["console"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.console = Console()
+
     # --- Tune Callback interface -------------------------------------------------------------
     def setup(self, **info) -> None:
         if self.console.is_terminal:

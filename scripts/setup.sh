@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv with torch first (CPU 2.13.0 here; a plain `torch` requirement resolved with no torch
+# installed pulls a multi-GB CUDA build), then the project with its dev extras. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+fi
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
+fi
+stamp=.venv/.raysweep-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  touch "$stamp"
+fi
