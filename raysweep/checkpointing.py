@@ -62,3 +62,7 @@ def load_best_state(directory: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(directory / BEST_ADAPTER_DIR / "adapter_model.safetensors"))
+
+
+def load_metrics(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / METRICS).read_text())

@@ -97,7 +97,7 @@ def expand(base_raw: dict[str, Any]) -> list[Trial]:
     for g, axes in enumerate(subgrids):
         keys = list(axes)
         for values in itertools.product(*(axes[k] for k in keys)):
-            cell = dict(zip(keys, values))
+            cell = dict(zip(keys, values, strict=False))
             trial, cell_issues = C.validate_trial(resolve(base_raw, cell))
             if trial is not None:
                 # the union of sub-grids runs a configuration once, however its cells spell it

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raysweep import checkpointing, metrics as M
+from raysweep import checkpointing
+from raysweep import metrics as M
 from raysweep.session import Session
 
 
@@ -159,6 +160,7 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     state: dict[str, Any] = {"step": 0, "tokens": 0, "best_loss": math.inf, "best_step": 0,
                              "bad_evals": 0, "initial_loss": None, "early_stopped": False}
     best_adapter_state = None
+    resumed_metrics: dict[str, Any] | None = None
     with session.latest_checkpoint() as ckpt:
         if ckpt is not None:  # resume: adapter weights, optimizer, schedule, data position, RNG
             saved = checkpointing.load_trainer_state(ckpt)
@@ -168,6 +170,7 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
             scheduler.load_state_dict(saved["scheduler"])
             torch.set_rng_state(saved["rng"])
             state = saved["state"]
+            resumed_metrics = checkpointing.load_metrics(ckpt)
 
     static = adapter.metrics(model) | {M.SYS_SETUP_S: time.perf_counter() - t_setup}
     last_eval: dict[str, float] = {}
@@ -207,6 +210,11 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     if state["step"] == 0:
         run_eval()  # the starting point, so every trial's improvement is measurable
         report({}, with_checkpoint=False)
+    elif resumed_metrics is not None:
+        # report once right after resuming: a trial interrupted after its last step has nothing left
+        # to run, and Tune may have lost its earlier results (DESIGN.md pitfalls)
+        last_eval.update({k: v for k, v in resumed_metrics.items() if k.startswith("eval/")})
+        session.report(resumed_metrics)
 
     batches = micro_batches(len(train_set), t["batch_size"], t["seed"], session.world_rank,
                             session.world_size, start=state["step"] * t["grad_accum_steps"])

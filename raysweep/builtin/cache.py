@@ -1,0 +1,46 @@
+"""Build-once, concurrency-safe cache directories for builtin artifacts.
+
+Several Ray workers on one node may ask for the same artifact at once. A file
+lock serializes the builders, and each artifact is built in a temp dir next to
+its final place and renamed into it atomically, so a directory that exists is
+always complete (a crashed build leaves only a temp dir, never a half dir).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock
+
+
+def default_cache_dir() -> Path:
+    """$RAYSWEEP_CACHE if set, else ~/.cache/raysweep."""
+    env = os.environ.get("RAYSWEEP_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "raysweep"
+
+
+def build_once(final_dir: Path, build: Callable[[Path], None]) -> Path:
+    """Return final_dir, calling build(tmp_dir) to create it if it is missing."""
+    if final_dir.is_dir():  # fast path: no lock needed, dirs appear atomically
+        return final_dir
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final_dir) + ".lock"):
+        if final_dir.is_dir():  # another process built it while we waited
+            return final_dir
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
+        try:
+            build(tmp)
+            # mkdtemp (and some writers) create owner-only files; the cache may
+            # be shared by other users/containers on the node, so open it up.
+            os.chmod(tmp, 0o755)
+            for f in tmp.iterdir():
+                os.chmod(f, 0o644)
+            os.rename(tmp, final_dir)  # atomic on one filesystem
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final_dir
