@@ -63,7 +63,7 @@ def bare_loop(steps: int, adapter: str, rank: int, seed: int) -> float:
 
     eval_loss()
     g = torch.Generator().manual_seed(seed)
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(len(examples), (32,), generator=g).tolist()
         loss = model(**data.collate([examples[i] for i in idx], tok.pad_token_id)).loss
         loss.backward()
