@@ -82,7 +82,7 @@ def test_quickstart_checkpoints_reload_and_reproduce_eval_loss(quickstart):
     for r in read_trials(experiment):
         checkpoint = Path(r["checkpoint_path"])
         assert checkpoint.name == "checkpoint_step000200"
-        kept = sorted(p.name for p in checkpoint.parent.glob("checkpoint_*"))
+        kept = sorted(p.name for p in checkpoint.parent.glob("checkpoint_step*"))
         assert len(kept) == 2  # train.keep_last, with the best adapter inside each
         assert (checkpoint / "best_adapter" / "adapter_model.safetensors").is_file()
         assert eval_loss_of_saved_adapter(checkpoint) == pytest.approx(float(r["eval/loss"]), rel=1e-4)
@@ -120,7 +120,7 @@ def test_resume_after_interruption_keeps_finished_trials(tmp_path, builtin_model
     first = {r["trial_id"]: r for r in read_trials(experiment)}
     finished = [t for t, r in first.items() if r["status"] == "TERMINATED"]
     assert finished and len(finished) < 4, first
-    checkpoints_before = {t: sorted(p.name for p in (experiment / "train_runs" / f"train-{t}").glob("checkpoint_*"))
+    checkpoints_before = {t: sorted(p.name for p in (experiment / "train_runs" / f"train-{t}").glob("checkpoint_step*"))
                           for t in finished}
 
     resumed = run_cli("resume", experiment)
@@ -129,7 +129,7 @@ def test_resume_after_interruption_keeps_finished_trials(tmp_path, builtin_model
     assert set(rows) == set(first) and {r["status"] for r in rows.values()} == {"TERMINATED"}
     for t in finished:  # not re-run: same final metrics, no new checkpoints
         assert rows[t]["eval/loss"] == first[t]["eval/loss"]
-        assert sorted(p.name for p in (experiment / "train_runs" / f"train-{t}").glob("checkpoint_*")) == \
+        assert sorted(p.name for p in (experiment / "train_runs" / f"train-{t}").glob("checkpoint_step*")) == \
             checkpoints_before[t]
     for r in rows.values():
         assert int(r["train/step"]) == 100 and float(r["eval/loss"]) < float(r["eval/initial_loss"])
