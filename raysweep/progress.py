@@ -16,7 +16,9 @@ from rich.text import Text
 
 from raysweep import metrics as M
 
-STATUS_STYLE = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "PENDING": "dim", "PAUSED": "yellow"}
+NO_ERROR_FILE = "failed (see the trial's error.txt)"
+STATUS_STYLE = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "PENDING": "dim", "PAUSED": "yellow",
+                "INTERRUPTED": "yellow"}
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -35,6 +37,7 @@ class TrialRecord:
         self.cell = cell
         self.resolved = resolved  # adapter type, rank, seed even when they are not grid axes
         self.status = "PENDING"
+        self.finished = False
         self.last: dict[str, Any] = {}
         self.error = ""
         self.path = ""
@@ -85,7 +88,7 @@ class ProgressCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         rec = self._record(trial)
-        rec.status = "TERMINATED"
+        rec.status, rec.finished = "TERMINATED", True
         self._line(rec)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -107,15 +110,21 @@ class ProgressCallback(Callback):
     # --- bookkeeping ---------------------------------------------------------------------------
     def _record(self, trial) -> TrialRecord:
         rec = self.records.get(trial.trial_id)
+        status = str(trial.status)
         if rec is None:
             cell = trial.config.get("cell", {})
             rec = self.records[trial.trial_id] = TrialRecord(trial.trial_id, cell, self._resolve(cell))
-        rec.status = str(trial.status)
+            rec.finished = status == "TERMINATED"  # finished in an earlier run (resume)
+        if status == "TERMINATED" and not rec.finished:
+            # Ctrl-C stops running trials as TERMINATED in memory, but Tune saves them as unfinished
+            # and resumes them: only on_trial_complete (or an earlier run) means finished
+            status = "INTERRUPTED"
+        rec.status = status
         rec.path = getattr(trial, "path", "") or rec.path
         if not rec.last and getattr(trial, "last_result", None):
             rec.last = dict(trial.last_result)  # trials restored from a previous run
-        if rec.status == "ERROR" and not rec.error:
-            rec.error = read_error(rec.path)
+        if rec.status == "ERROR" and rec.error in ("", NO_ERROR_FILE):
+            rec.error = read_error(rec.path)  # Tune may write error.txt after on_trial_error
         return rec
 
     def _refresh(self) -> None:
@@ -180,7 +189,7 @@ def read_error(trial_path: str) -> str:
     """The last line of a trial's error file: our TrialFailed reason."""
     path = Path(trial_path) / "error.txt" if trial_path else None
     if not path or not path.is_file():
-        return "failed (no error.txt)"
+        return NO_ERROR_FILE
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     for line in reversed(lines):
         if "TrialFailed:" in line:

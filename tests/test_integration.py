@@ -126,7 +126,9 @@ def test_resume_after_interruption_keeps_finished_trials(tmp_path, builtin_model
     resumed = run_cli("resume", experiment)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = {r["trial_id"]: r for r in read_trials(experiment)}
-    assert set(rows) == set(first) and {r["status"] for r in rows.values()} == {"TERMINATED"}
+    # trials not yet started at the interruption may not have been listed then
+    assert len(rows) == 4 and set(first) <= set(rows)
+    assert {r["status"] for r in rows.values()} == {"TERMINATED"}
     for t in finished:  # not re-run: same final metrics, no new checkpoints
         assert rows[t]["eval/loss"] == first[t]["eval/loss"]
         assert sorted(p.name for p in (experiment / "train_runs" / f"train-{t}").glob("checkpoint_step*")) == \
