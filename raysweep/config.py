@@ -79,7 +79,7 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping norm (empty: no clipping)")
     eval_every: int = Field(50, gt=0, description="evaluate every N optimizer steps (and at start and end)")
-    log_every: int = Field(10, gt=0, description="report train metrics every N optimizer steps")
+    log_every: int = Field(10, gt=0, description="report train metrics every N steps (at most one report per 3 s: Ray Train stalls on faster ones)")
     checkpoint_every: int | None = Field(
         None, gt=0, description="checkpoint every N steps (empty: at every eval); always at the end"
     )

@@ -29,6 +29,17 @@ class Session:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
         raise NotImplementedError
 
+    def agree(self, flag: bool) -> bool:
+        """`flag` OR-ed over all ranks, so every rank takes the same branch (e.g. whether to report)."""
+        if self.world_size == 1:
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        value = torch.tensor([int(flag)], device=self.device())
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
         yield None

@@ -18,6 +18,9 @@ from raysweep import metrics as M
 from raysweep.session import Session
 
 
+MIN_REPORT_INTERVAL_S = 3.0
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf loss; ends the trial (retrying would repeat it)."""
 
@@ -175,7 +178,10 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     static = adapter.metrics(model) | {M.SYS_SETUP_S: time.perf_counter() - t_setup}
     last_eval: dict[str, float] = {}
 
+    last_report_time = [time.monotonic()]
+
     def report(extra: dict[str, Any], with_checkpoint: bool) -> None:
+        last_report_time[0] = time.monotonic()
         row = static | last_eval | extra | {
             M.TRAIN_STEP: state["step"], M.TRAIN_TOKENS: state["tokens"], M.SYS_MEM_MB: M.memory_mb(),
             M.EVAL_BEST_LOSS: state["best_loss"], M.EVAL_INITIAL_LOSS: state["initial_loss"],
@@ -255,11 +261,17 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
             run_eval()
             patience = t["early_stopping"]["patience"]
             state["early_stopped"] = bool(patience) and state["bad_evals"] >= patience and not is_last
-        if is_eval or state["step"] % t["log_every"] == 0:
+        done = is_last or state["early_stopped"]  # both only happen on eval steps
+        wants_checkpoint = done or state["step"] % ckpt_every == 0
+        # Ray Train holds one pending report per worker and its controller drains it every ~2 s, so
+        # back-to-back reports stall the loop: log-only reports wait for MIN_REPORT_INTERVAL_S.
+        # Ranks must make the same report calls, so they agree on the time-based decision.
+        is_log = state["step"] % t["log_every"] == 0 and session.agree(
+            time.monotonic() - last_report_time[0] >= MIN_REPORT_INTERVAL_S)
+        if is_eval or wants_checkpoint or is_log:
             row = {M.TRAIN_LOSS: window_loss / window_n, M.TRAIN_LR: lr, M.TRAIN_EPOCH: epoch,
                    M.TRAIN_TOKENS_PER_S: window_tokens / max(window_time, 1e-9)}
             row |= adapter.metrics(model)
-            done = is_last or state["early_stopped"]  # both only happen on eval steps
-            report(row, with_checkpoint=done or state["step"] % ckpt_every == 0)
+            report(row, with_checkpoint=wants_checkpoint)
             window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
     return {"state": state, "eval": last_eval}
