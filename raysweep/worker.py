@@ -17,7 +17,6 @@ from raysweep import checkpointing
 from raysweep import metrics as M
 from raysweep.session import Session
 
-
 MIN_REPORT_INTERVAL_S = 3.0
 
 
