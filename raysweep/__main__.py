@@ -137,11 +137,13 @@ def cmd_run(args) -> int:
     Path(experiment_path).mkdir(parents=True, exist_ok=True)
     saved = dict(raw, name=name, storage=str(storage))
     (Path(experiment_path) / tune_driver.SWEEP_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
-    console.print(f"[bold]{len(trials)} trial(s)[/bold] × num_samples {sweep.search.num_samples} → {experiment_path}")
     tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose)
+    at_once = tune_driver.slots(saved)
+    console.print(f"[bold]{len(trials)} trial(s)[/bold] × num_samples {sweep.search.num_samples}, "
+                  f"{at_once} at once → {experiment_path}")
     callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(saved, cell), console)
     try:
-        _, max_concurrent = tune_driver.run(saved, trials, str(storage), name, [callback])
+        tune_driver.run(saved, trials, str(storage), name, [callback], at_once)
     except KeyboardInterrupt:
         callback.write_csv()
         console.print(f"interrupted; resume with: python -m raysweep resume {experiment_path}")

@@ -165,7 +165,7 @@ class ProgressCallback(Callback):
 
     def write_csv(self) -> Path:
         path = Path(self.experiment_path) / "trials.csv"
-        metric_keys = [k for k in M.ALL_METRICS]
+        metric_keys = list(M.ALL_METRICS)
         cell_keys = sorted({k for r in self.records.values() for k in r.cell})
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:

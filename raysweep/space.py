@@ -85,8 +85,8 @@ def _subgrids(grid: Any) -> tuple[list[dict[str, list]], list[C.ConfigIssue]]:
     return out, issues
 
 
-def expand(base_raw: dict[str, Any]) -> list[Trial]:
-    """All trials of the sweep, validated; raises ConfigError listing every problem."""
+def expand(base_raw: dict[str, Any]) -> tuple[C.Sweep, list[Trial]]:
+    """The validated sweep and all its trials; raises ConfigError listing every problem."""
     sweep, base_issues = C.validate_sweep(base_raw)
     subgrids, issues = _subgrids(base_raw.get("grid"))
     issues = base_issues + issues
@@ -113,7 +113,7 @@ def expand(base_raw: dict[str, Any]) -> list[Trial]:
                 trials.append(Trial(len(trials), g, cell, trial))
     if issues:
         raise C.ConfigError(str(base_raw.get("name", "grid")), _dedupe(issues))
-    return trials
+    return sweep, trials
 
 
 def _dedupe(issues: list[C.ConfigIssue]) -> list[C.ConfigIssue]:
@@ -127,10 +127,9 @@ def load(path, overrides: list[str] | None = None) -> tuple[dict[str, Any], C.Sw
     if issues:
         raise C.ConfigError(str(path), issues)
     try:
-        trials = expand(raw)
+        sweep, trials = expand(raw)
     except C.ConfigError as exc:
         raise C.ConfigError(str(path), exc.issues) from None
-    sweep, _ = C.validate_sweep(raw)
     return raw, sweep, trials
 
 

@@ -74,11 +74,14 @@ def driver_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any], train_stor
         raise TrialFailed(f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}") from exc
 
 
-def slots(sweep_raw: dict[str, Any], cluster: dict[str, float]) -> int:
-    """Trials the cluster can hold at once (user override wins)."""
+def slots(sweep_raw: dict[str, Any]) -> int:
+    """Trials the connected cluster can hold at once (resources.max_concurrent wins)."""
+    import ray
+
     res = space.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
     if res.max_concurrent:
         return res.max_concurrent
+    cluster = ray.cluster_resources()
     if res.gpus_per_worker:
         return max(1, math.floor(cluster.get("GPU", 0) / (res.gpus_per_worker * res.num_workers)))
     return max(1, math.floor(cluster.get("CPU", 1) / (res.cpus_per_worker * res.num_workers)))
@@ -117,14 +120,12 @@ def _trial_dirname(trial) -> str:
     return f"{trial.trial_id}_{short}"[:120].replace("/", "-")
 
 
-def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name: str, callbacks: list):
+def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name: str, callbacks: list,
+        max_concurrent: int):
     from ray import tune
 
     experiment_path = os.path.join(storage, name)
     search = space.C.SearchConfig(**(sweep_raw.get("search") or {}))
-    import ray
-
-    max_concurrent = slots(sweep_raw, ray.cluster_resources())
     tuner = tune.Tuner(
         build_trainable(sweep_raw, experiment_path),
         param_space=space.param_space(trials),
@@ -136,7 +137,7 @@ def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name
         run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
-    return tuner.fit(), max_concurrent
+    return tuner.fit()
 
 
 def resume(experiment_path: str, sweep_raw: dict[str, Any], callbacks: list, restart_errored: bool = False):
@@ -149,7 +150,7 @@ def resume(experiment_path: str, sweep_raw: dict[str, Any], callbacks: list, res
         restart_errored=restart_errored,
     )
     # Tuner.restore keeps the RunConfig of the original run, whose callbacks are not restored
-    tuner._local_tuner._run_config.callbacks = callbacks  # noqa: SLF001 - no public setter in Ray 2.60
+    tuner._local_tuner.get_run_config().callbacks = callbacks  # noqa: SLF001 - no public setter in Ray 2.60
     return tuner.fit()
 
 

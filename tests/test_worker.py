@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from raysweep import checkpointing
 from raysweep import metrics as M
@@ -59,14 +58,29 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path, builtin_model_dir)
 
 
 def test_best_adapter_is_kept_in_every_checkpoint(tmp_path, builtin_model_dir):
-    session = run(tmp_path, trial_config(train={"max_steps": 20, "eval_every": 10}))
+    """best_adapter/ holds the weights of the best eval (as early stopping defines it), the adapter/
+    next to it the current weights; both reload with peft and reproduce their eval losses."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raysweep import data
+    from raysweep.worker import evaluate
+
+    # only a 40% relative improvement counts as "better": the step-10 eval (6.1 -> ~3.3) is the best,
+    # later evals improve a little, so best_adapter/ (step 10) and adapter/ (step 30) differ
+    cfg = trial_config(train={"max_steps": 30, "eval_every": 10, "lr": 0.05, "schedule": "constant",
+                              "early_stopping": {"min_rel_improvement": 0.4}})
+    session = run(tmp_path, cfg)
+    evals = {r[M.TRAIN_STEP]: r[M.EVAL_LOSS] for r in session.results}
     last = session.checkpoints[-1]
-    best = checkpointing.load_best_state(last)
-    current = checkpointing.load_adapter_state(last)
-    assert best.keys() == current.keys()
-    # best eval so far is the final one here (loss falls), so best == current weights
-    if session.results[-1][M.EVAL_BEST_LOSS] == session.results[-1][M.EVAL_LOSS]:
-        assert all(torch.equal(best[k], current[k]) for k in best)
+    best_loss = session.results[-1][M.EVAL_BEST_LOSS]
+    assert best_loss == evals[10] and evals[30] < best_loss
+    tok = AutoTokenizer.from_pretrained(builtin_model_dir)
+    _, eval_set = data.load_splits(tok, cfg["data"], seed=0)
+    for sub, expected in (("best_adapter", best_loss), ("adapter", session.results[-1][M.EVAL_LOSS])):
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(builtin_model_dir), last / sub)
+        got = evaluate(model, eval_set, cfg, LocalSession(tmp_path), tok.pad_token_id)[M.EVAL_LOSS]
+        assert got == pytest.approx(expected, rel=1e-5), sub
 
 
 def test_early_stopping_ends_the_trial(tmp_path, builtin_model_dir):
