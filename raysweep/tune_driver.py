@@ -2,8 +2,9 @@
 
 This is Ray Train V2's supported Tune+Train pattern (`Tuner(TorchTrainer)` is deprecated): Tune runs
 `driver_fn` once per trial; it builds a TorchTrainer whose rank-0 reports reach Tune through
-`TuneReportCallback`. All Ray calls of the package live in this module (Ray silently starts a new
-local cluster if called after shutdown, so keep them in one place).
+`TuneReportCallback`. Starting/connecting Ray and building the Tuner happen only here (Ray silently
+starts a new local cluster if called after shutdown, so keep those calls in one place); inside trials,
+session.py is the only module that talks to Ray.
 """
 
 from __future__ import annotations
