@@ -53,7 +53,15 @@ def load_trials(experiment: str | Path) -> pd.DataFrame:
     if len(frame) and status_file.is_file():
         status = pd.read_csv(status_file, dtype={"trial_id": str})
         keep = ["trial_id", "status", "adapter.type", "adapter.r", "train.seed", "error"]
+        if "checkpoint_path" in status:  # actor-executor trials: Tune keeps the checkpoint, not the result
+            keep.append("checkpoint_path")
+            status = status.rename(columns={"checkpoint_path": "_checkpoint"})
+            keep[-1] = "_checkpoint"
         frame = frame.merge(status[keep], on="trial_id", how="left")
+        if "_checkpoint" in frame:
+            reported = frame["checkpoint_path"] if "checkpoint_path" in frame else None
+            frame["checkpoint_path"] = frame["_checkpoint"] if reported is None else reported.fillna(frame["_checkpoint"])
+            frame = frame.drop(columns="_checkpoint")
     return frame
 
 

@@ -139,6 +139,25 @@ class ResourcesConfig(_Section):
         None, gt=0, description="trials at once (empty: as many as the cluster's CPUs/GPUs hold)"
     )
     max_failures: int = Field(0, ge=0, description="retries of a failed trial from its latest checkpoint")
+    executor: Literal["auto", "train", "actor"] = Field(
+        "auto",
+        description="how a trial runs: 'train' (a Ray Train TorchTrainer per trial; needed for num_workers > 1), "
+        "'actor' (in a reused Tune actor that keeps the base model loaded; 1 worker), 'auto' (actor for "
+        "1-worker trials, else train)",
+    )
+
+    @model_validator(mode="after")
+    def _actor_has_one_worker(self) -> ResourcesConfig:
+        if self.executor == "actor" and self.num_workers > 1:
+            raise ValueError(f"executor 'actor' runs each trial in one process, but num_workers is {self.num_workers}; "
+                             "set resources.executor to 'train' (or 'auto') for multi-worker trials")
+        return self
+
+    def resolved_executor(self) -> str:
+        """'actor' or 'train' (see docs/ARCHITECTURE.md, "Executors", for why auto picks actor)."""
+        if self.executor != "auto":
+            return self.executor
+        return "actor" if self.num_workers == 1 else "train"
 
 
 class TrialConfig(_Section):

@@ -21,7 +21,11 @@ EVAL_ACCURACY = "eval/accuracy"
 EVAL_BEST_LOSS = "eval/best_loss"
 EVAL_INITIAL_LOSS = "eval/initial_loss"
 SYS_MEM_MB = "sys/mem_mb"
-SYS_SETUP_S = "sys/setup_s"
+SYS_SETUP_S = "sys/setup_s"  # run_training entry -> training loop ready (model, data, optimizer, resume)
+SYS_STARTED_AT = "sys/started_at"  # unix time the trial's training code started (start-up benchmarks)
+SYS_MODEL_LOAD_S = "sys/model_load_s"  # base model (+ tokenizer) load, or fresh view of the cached one
+SYS_BASE_CACHED = "sys/base_cached"  # the base came from this process's cache (a reused actor)
+SYS_PID = "sys/pid"  # process running the training loop (rank 0)
 ADAPTER_TRAINABLE_PARAMS = "adapter/trainable_params"
 ADAPTER_EFFECTIVE_PARAMS = "adapter/effective_params"
 ADAPTER_TOTAL_PARAMS = "adapter/base_params"
@@ -31,6 +35,7 @@ CHECKPOINT_PATH = "checkpoint_path"  # added by Ray's TuneReportCallback when a 
 ALL_METRICS = (
     TRAIN_LOSS, TRAIN_LR, TRAIN_TOKENS_PER_S, TRAIN_STEP, TRAIN_EPOCH, TRAIN_TOKENS, TRAIN_EARLY_STOPPED,
     EVAL_LOSS, EVAL_PPL, EVAL_ACCURACY, EVAL_BEST_LOSS, EVAL_INITIAL_LOSS, SYS_MEM_MB, SYS_SETUP_S,
+    SYS_STARTED_AT, SYS_MODEL_LOAD_S, SYS_BASE_CACHED, SYS_PID,
     ADAPTER_TRAINABLE_PARAMS, ADAPTER_EFFECTIVE_PARAMS, ADAPTER_TOTAL_PARAMS, ADAPTER_SPARSITY,
 )
 

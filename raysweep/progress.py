@@ -41,6 +41,9 @@ class TrialRecord:
         self.last: dict[str, Any] = {}
         self.error = ""
         self.path = ""
+        self.checkpoint_path = ""  # latest Tune checkpoint (actor executor; train trials report theirs)
+        self.launched_at: float | None = None  # wall clock, this driver: Tune started the trial
+        self.ended_at: float | None = None  # ... and saw it finish or fail
 
 
 class ProgressCallback(Callback):
@@ -83,17 +86,23 @@ class ProgressCallback(Callback):
             self._record(trial)
         self._refresh()
 
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._record(trial).launched_at = time.time()
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._record(trial).last = dict(result)
 
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        self._record(trial).checkpoint_path = checkpoint.path
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         rec = self._record(trial)
-        rec.status, rec.finished = "TERMINATED", True
+        rec.status, rec.finished, rec.ended_at = "TERMINATED", True, time.time()
         self._line(rec)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         rec = self._record(trial)
-        rec.status = "ERROR"
+        rec.status, rec.ended_at = "ERROR", time.time()
         rec.error = read_error(getattr(trial, "path", None) or "")
         self._line(rec)
 
@@ -121,6 +130,9 @@ class ProgressCallback(Callback):
             status = "INTERRUPTED"
         rec.status = status
         rec.path = getattr(trial, "path", "") or rec.path
+        checkpoint = getattr(trial, "checkpoint", None)
+        if checkpoint is not None:
+            rec.checkpoint_path = checkpoint.path
         if not rec.last and getattr(trial, "last_result", None):
             rec.last = dict(trial.last_result)  # trials restored from a previous run
         if rec.status == "ERROR" and rec.error in ("", NO_ERROR_FILE):
@@ -171,13 +183,19 @@ class ProgressCallback(Callback):
         with path.open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["trial_id", "status", "adapter.type", "adapter.r", "train.seed",
-                        *[f"cell/{k}" for k in cell_keys], *metric_keys, "checkpoint_path", "error", "trial_path"])
+                        *[f"cell/{k}" for k in cell_keys], *metric_keys, "checkpoint_path", "error", "trial_path",
+                        "launched_at", "ended_at"])
             for r in self.records.values():
                 w.writerow([r.trial_id, r.status, r.resolved["adapter"]["type"], r.resolved["adapter"]["r"],
                             r.resolved["train"]["seed"], *[r.cell.get(k, "") for k in cell_keys],
-                            *[r.last.get(k, "") for k in metric_keys], r.last.get(M.CHECKPOINT_PATH, ""),
-                            r.error, r.path])
+                            *[r.last.get(k, "") for k in metric_keys], checkpoint_of(r),
+                            r.error, r.path, r.launched_at or "", r.ended_at or ""])
         return path
+
+
+def checkpoint_of(rec: TrialRecord) -> str:
+    """The trial's latest checkpoint: reported by Ray Train (train executor) or kept by Tune (actor)."""
+    return rec.last.get(M.CHECKPOINT_PATH) or rec.checkpoint_path or ""
 
 
 def describe(rec: TrialRecord) -> str:

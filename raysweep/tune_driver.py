@@ -1,10 +1,14 @@
-"""Build and run the Tuner: a per-trial driver function that fits a Ray Train TorchTrainer.
+"""Build and run the Tuner with one of two executors (`resources.executor`, docs/ARCHITECTURE.md).
 
-This is Ray Train V2's supported Tune+Train pattern (`Tuner(TorchTrainer)` is deprecated): Tune runs
-`driver_fn` once per trial; it builds a TorchTrainer whose rank-0 reports reach Tune through
-`TuneReportCallback`. Starting/connecting Ray and building the Tuner happen only here (Ray silently
-starts a new local cluster if called after shutdown, so keep those calls in one place); inside trials,
-session.py is the only module that talks to Ray.
+- `train`: Ray Train V2's supported Tune+Train pattern (`Tuner(TorchTrainer)` is deprecated): Tune runs
+  `driver_fn` once per trial; it builds a TorchTrainer whose rank-0 reports reach Tune through
+  `TuneReportCallback`. Needed for multi-worker (DDP) trials; costs ~20 s of process start-up per trial.
+- `actor`: Tune runs `actor_trial_fn`, the same training loop in the trial's own (reused) Tune actor,
+  which keeps torch imported and the base model cached between trials (model_cache.py).
+
+Starting/connecting Ray and building the Tuner happen only here (Ray silently starts a new local cluster
+if called after shutdown, so keep those calls in one place); inside trials, session.py is the only
+module that talks to Ray.
 """
 
 from __future__ import annotations
@@ -39,6 +43,29 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+def _reason(exc: BaseException) -> str:
+    cause = _root_cause(exc)
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}"
+
+
+def executor(sweep_raw: dict[str, Any]) -> str:
+    """'actor' or 'train' for this sweep (resources are experiment-level, not grid axes)."""
+    return space.C.ResourcesConfig(**(sweep_raw.get("resources") or {})).resolved_executor()
+
+
+def actor_trial_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any]) -> None:
+    """One trial run in this Tune actor's process (reused across trials: imports and base model stay)."""
+    from raysweep.session import TuneSession
+    from raysweep.worker import run_training
+
+    trial = space.trial_config(sweep_raw, cell_config["cell"])
+    try:
+        run_training(trial, TuneSession())
+    except Exception as exc:  # noqa: BLE001 - re-raised with the root cause as a one-line reason
+        raise TrialFailed(_reason(exc)) from exc
+
+
 def driver_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any], train_storage: str) -> None:
     """One trial: resolve its config, fit a TorchTrainer named after the trial id."""
     from ray import tune
@@ -71,8 +98,7 @@ def driver_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any], train_stor
     try:
         trainer.fit()
     except Exception as exc:  # noqa: BLE001 - re-raised with the root cause as a one-line reason
-        cause = _root_cause(exc)
-        raise TrialFailed(f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}") from exc
+        raise TrialFailed(_reason(exc)) from exc
 
 
 def slots(sweep_raw: dict[str, Any]) -> int:
@@ -107,6 +133,10 @@ def init_ray(address: str | None, dashboard: bool = True, verbose: bool = False)
 def build_trainable(sweep_raw: dict[str, Any], experiment_path: str):
     from ray import tune
 
+    if executor(sweep_raw) == "actor":
+        res = space.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
+        request = {"cpu": res.cpus_per_worker} | ({"gpu": res.gpus_per_worker} if res.gpus_per_worker else {})
+        return tune.with_resources(tune.with_parameters(actor_trial_fn, sweep_raw=sweep_raw), request)
     trainable = tune.with_parameters(
         driver_fn, sweep_raw=sweep_raw, train_storage=os.path.join(experiment_path, TRAIN_RUNS_DIR)
     )
@@ -127,6 +157,8 @@ def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name
 
     experiment_path = os.path.join(storage, name)
     search = space.C.SearchConfig(**(sweep_raw.get("search") or {}))
+    res = space.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
+    in_actor = executor(sweep_raw) == "actor"
     tuner = tune.Tuner(
         build_trainable(sweep_raw, experiment_path),
         param_space=space.param_space(trials),
@@ -134,9 +166,18 @@ def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name
             num_samples=search.num_samples,
             max_concurrent_trials=max_concurrent,
             trial_dirname_creator=_trial_dirname,
+            # the point of the actor executor: the next trial reuses a finished trial's process
+            reuse_actors=in_actor,
         ),
-        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, callbacks=callbacks, verbose=0,
+            # retries: Ray Train's FailureConfig inside the TorchTrainer (train), Tune's here (actor);
+            # both restart the trial from its latest checkpoint
+            failure_config=tune.FailureConfig(max_failures=res.max_failures if in_actor else 0),
+            # actor trials checkpoint through Tune (train trials through Ray Train, see driver_fn)
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=max(t.config.train.keep_last for t in trials) if in_actor else None),
+        ),
     )
     return tuner.fit()
 

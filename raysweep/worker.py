@@ -8,6 +8,7 @@ config (config.TrialConfig as a dict) plus `_trial` metadata from the Tune drive
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -43,10 +44,13 @@ def setup_runtime(config: dict[str, Any]) -> None:
 
 
 def setup_model(config: dict[str, Any], session: Session):
-    """(wrapped model for training, unwrapped peft model, adapter, tokenizer)."""
-    from raysweep import adapters, models
+    """(wrapped model for training, unwrapped peft model, adapter, tokenizer, load metrics).
 
-    base, tokenizer = models.load(config["model"])
+    The base comes from the process's cache when an earlier trial in this (reused) process loaded
+    the same one (model_cache.py); it is a fresh module tree either way."""
+    from raysweep import adapters, model_cache
+
+    base, tokenizer, hit, seconds = model_cache.base_model(config["model"], session.device())
     adapter = adapters.get(config["adapter"]["type"])(config["adapter"])
     model = adapter.build(base)
     if config["train"]["gradient_checkpointing"]:
@@ -54,13 +58,20 @@ def setup_model(config: dict[str, Any], session: Session):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     wrapped = session.prepare_model(model)
-    return wrapped, model, adapter, tokenizer
+    return wrapped, model, adapter, tokenizer, {M.SYS_BASE_CACHED: hit, M.SYS_MODEL_LOAD_S: seconds}
 
 
 def setup_data(config: dict[str, Any], tokenizer):
-    from raysweep import data
+    """Tokenized (train, eval) splits; cached per process like the base model."""
+    from raysweep import data, model_cache
 
-    return data.load_splits(tokenizer, config["data"], seed=config["train"]["seed"])
+    files = [str(f) for f in data.resolve_files(config["data"]) if f]
+    (train, evals), hit = model_cache.splits(
+        config["model"], config["data"], config["train"]["seed"], files,
+        build=lambda: data.load_splits(tokenizer, config["data"], seed=config["train"]["seed"]))
+    if hit:
+        data.prepare_tokenizer(tokenizer)  # what load_splits would have done to this trial's tokenizer
+    return train, evals
 
 
 def total_steps(train_cfg: dict[str, Any], n_train: int, world_size: int) -> int:
@@ -146,10 +157,10 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
 
     from raysweep.data import collate
 
-    t_setup = time.perf_counter()
+    started_at, t_setup = time.time(), time.perf_counter()
     t = config["train"]
     setup_runtime(config)
-    wrapped, model, adapter, tokenizer = setup_model(config, session)
+    wrapped, model, adapter, tokenizer, load_metrics = setup_model(config, session)
     train_set, eval_set = setup_data(config, tokenizer)
     steps = total_steps(t, len(train_set), session.world_size)
     optimizer, scheduler = setup_optimizer(config, model, steps)
@@ -174,7 +185,8 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
             state = saved["state"]
             resumed_metrics = checkpointing.load_metrics(ckpt)
 
-    static = adapter.metrics(model) | {M.SYS_SETUP_S: time.perf_counter() - t_setup}
+    static = adapter.metrics(model) | load_metrics | {
+        M.SYS_SETUP_S: time.perf_counter() - t_setup, M.SYS_STARTED_AT: started_at, M.SYS_PID: os.getpid()}
     last_eval: dict[str, float] = {}
 
     last_report_time = [time.monotonic()]

@@ -29,6 +29,17 @@ def read_trials(experiment: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def kept_checkpoints(row: dict) -> list[str]:
+    """Checkpoint dirs of a trial: Ray Train's run dir (train executor) or Tune's trial dir (actor)."""
+    return sorted(p.name for p in Path(row["checkpoint_path"]).parent.glob("checkpoint_*") if p.is_dir())
+
+
+def results_of(trial_dir: Path) -> list[dict]:
+    """Every result a trial reported, in order (Tune's result.json)."""
+    path = trial_dir / "result.json"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def eval_loss_of_saved_adapter(checkpoint: Path) -> float:
     """Load the trial's final adapter with plain peft on the base model and evaluate it."""
     from peft import PeftModel
@@ -81,9 +92,8 @@ def test_quickstart_checkpoints_reload_and_reproduce_eval_loss(quickstart):
     _, experiment = quickstart
     for r in read_trials(experiment):
         checkpoint = Path(r["checkpoint_path"])
-        assert checkpoint.name == "checkpoint_step000200"
-        kept = sorted(p.name for p in checkpoint.parent.glob("checkpoint_step*"))
-        assert len(kept) == 2  # train.keep_last, with the best adapter inside each
+        assert json.loads((checkpoint / "metrics.json").read_text())["train/step"] == 200  # the final one
+        assert len(kept_checkpoints(r)) == 2  # train.keep_last, with the best adapter inside each
         assert (checkpoint / "best_adapter" / "adapter_model.safetensors").is_file()
         assert eval_loss_of_saved_adapter(checkpoint) == pytest.approx(float(r["eval/loss"]), rel=1e-4)
 
@@ -99,10 +109,21 @@ def test_analyze_reads_the_experiment(quickstart):
     assert frame["eval/loss"].notna().all()
 
 
-def test_resume_after_interruption_keeps_finished_trials(tmp_path, builtin_model_dir, builtin_task_files):
+def test_quickstart_reuses_actors_and_their_cached_base_model(quickstart):
+    """auto -> actor executor for 1-worker trials: 8 trials share 2 processes; all but the first trial in
+    each process get the base model from that process's cache."""
+    _, experiment = quickstart
+    rows = read_trials(experiment)
+    pids = {r["sys/pid"] for r in rows}
+    assert len(pids) == 2
+    assert sum(r["sys/base_cached"] == "True" for r in rows) == 6
+
+
+@pytest.mark.parametrize("executor", ["actor", "train"])
+def test_resume_after_interruption_keeps_finished_trials(tmp_path, builtin_model_dir, builtin_task_files, executor):
     storage = tmp_path / "runs"
     args = ["run", "search_spaces/quickstart.yaml", "grid.train.seed=[0]", "train.max_steps=100",
-            "--storage", storage, "--name", "rs"]
+            f"resources.executor={executor}", "--storage", storage, "--name", "rs"]
     log = (tmp_path / "run.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "raysweep", *map(str, args)], stdout=log,
                             stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ, COLUMNS="200"))
@@ -120,8 +141,7 @@ def test_resume_after_interruption_keeps_finished_trials(tmp_path, builtin_model
     first = {r["trial_id"]: r for r in read_trials(experiment)}
     finished = [t for t, r in first.items() if r["status"] == "TERMINATED"]
     assert finished and len(finished) < 4, first
-    checkpoints_before = {t: sorted(p.name for p in (experiment / "train_runs" / f"train-{t}").glob("checkpoint_step*"))
-                          for t in finished}
+    checkpoints_before = {t: kept_checkpoints(first[t]) for t in finished}
 
     resumed = run_cli("resume", experiment)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -131,8 +151,7 @@ def test_resume_after_interruption_keeps_finished_trials(tmp_path, builtin_model
     assert {r["status"] for r in rows.values()} == {"TERMINATED"}
     for t in finished:  # not re-run: same final metrics, no new checkpoints
         assert rows[t]["eval/loss"] == first[t]["eval/loss"]
-        assert sorted(p.name for p in (experiment / "train_runs" / f"train-{t}").glob("checkpoint_step*")) == \
-            checkpoints_before[t]
+        assert kept_checkpoints(rows[t]) == checkpoints_before[t]
     for r in rows.values():
         assert int(r["train/step"]) == 100 and float(r["eval/loss"]) < float(r["eval/initial_loss"])
 
@@ -167,35 +186,85 @@ def test_two_worker_ddp_trial(tmp_path, builtin_model_dir, builtin_task_files):
     assert eval_loss_of_saved_adapter(Path(row["checkpoint_path"])) == pytest.approx(float(row["eval/loss"]), rel=1e-4)
 
 
-def test_worker_runs_as_a_plain_tune_trainable_in_a_reused_actor(tmp_path, builtin_model_dir, builtin_task_files):
-    """The executor seam: the same loop under Tune alone, two trials in one reused actor, with no state
-    leaking from the first trial into the second (it matches a fresh run of the same config)."""
+@pytest.mark.parametrize("executor", ["actor", "train"])
+def test_killed_trial_process_is_retried_from_its_latest_checkpoint(tmp_path, builtin_model_dir, builtin_task_files,
+                                                                    executor):
+    """resources.max_failures under both executors: SIGKILL the process running the training loop; the
+    trial restarts from its latest checkpoint (not from step 0) in a new process and finishes, and its
+    checkpoints and reported metrics look like those of an uninterrupted trial."""
+    storage = tmp_path / "runs"
+    args = ["run", "search_spaces/quickstart.yaml", "grid.train.seed=[0]", "grid.adapter.type=[lora]", "adapter.r=4",
+            "train.max_steps=400", "train.checkpoint_every=50", "resources.max_failures=1",
+            f"resources.executor={executor}", "--storage", storage, "--name", "kill"]
+    log = (tmp_path / "run.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "raysweep", *map(str, args)], stdout=log,
+                            stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ, COLUMNS="200"))
+    killed_pid, deadline = None, time.monotonic() + 600
+    while killed_pid is None and time.monotonic() < deadline:
+        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+        for trial_dir in (storage / "kill").glob("*/"):
+            results = results_of(trial_dir)
+            if results and results[-1]["train/step"] >= 100:  # checkpoints at 50 and 100 exist
+                killed_pid, killed_step = results[-1]["sys/pid"], results[-1]["train/step"]
+                os.kill(killed_pid, signal.SIGKILL)
+                break
+        time.sleep(0.2)
+    assert killed_pid, "the trial never reached step 100"
+    assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+
+    [row] = read_trials(storage / "kill")
+    assert row["status"] == "TERMINATED" and int(row["train/step"]) == 400
+    steps = [r["train/step"] for r in results_of(Path(row["trial_path"]))]
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])  # the first report after the kill
+    assert 100 <= steps[restart] <= killed_step and steps[restart] % 50 == 0, steps  # resumed, not from 0
+    assert int(row["sys/pid"]) != killed_pid
+    assert float(row["eval/loss"]) < 0.8 * float(row["eval/initial_loss"])
+    assert len(kept_checkpoints(row)) == 2
+    assert eval_loss_of_saved_adapter(Path(row["checkpoint_path"])) == pytest.approx(float(row["eval/loss"]), rel=1e-4)
+
+
+def test_reused_actor_runs_trials_a_b_a_without_state_leaks(tmp_path, builtin_model_dir, builtin_task_files):
+    """Trials A, B, A in one reused actor (actor executor, cached base model): A's two runs report identical
+    eval losses at every eval step, to each other and to A run in a fresh Python process."""
     import ray
     from ray import tune
 
-    from raysweep.session import LocalSession, TuneSession
-    from raysweep.worker import run_training
-    from tests.helpers import trial_config
+    from raysweep import tune_driver
 
-    configs = [trial_config(train={"max_steps": 20, "seed": s, "eval_every": 10}, adapter={"type": a})
-               for s, a in ((1, "dora"), (0, "lora"))]
-    reference = LocalSession(tmp_path / "ref")
-    run_training(configs[1], reference)
+    sweep_raw = {"name": "aba", "data": {"max_seq_len": 32, "max_eval_examples": 64},
+                 "train": {"max_steps": 30, "eval_every": 10, "lr": 3e-3, "batch_size": 16},
+                 "resources": {"executor": "actor"}}
+    a, b = {"adapter.type": "dora", "train.seed": 1}, {"adapter.type": "lora", "train.seed": 0, "adapter.r": 4}
+    fresh = subprocess.run([sys.executable, "-c", f"""
+import json, sys, tempfile
+from pathlib import Path
+from raysweep import space
+from raysweep.session import LocalSession
+from raysweep.worker import run_training
+s = LocalSession(Path(tempfile.mkdtemp()))
+run_training(space.trial_config({sweep_raw!r}, {a!r}), s)
+print(json.dumps([[r["train/step"], r["eval/loss"]] for r in s.results if r["train/step"] % 10 == 0]))
+"""], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    fresh_evals = {step: loss for step, loss in json.loads(fresh.stdout.strip().splitlines()[-1])}
 
-    def trainable(config):
-        run_training(config["trial"], TuneSession())
-
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"RAYSWEEP_CACHE": os.environ["RAYSWEEP_CACHE"]}})
+    ray.init(num_cpus=2, include_dashboard=False,
+             runtime_env={"env_vars": {"RAYSWEEP_CACHE": os.environ["RAYSWEEP_CACHE"]}})
     try:
-        results = tune.Tuner(
-            tune.with_resources(trainable, {"cpu": 1}),
-            param_space={"trial": tune.grid_search(configs)},
+        grid = tune.Tuner(
+            tune_driver.build_trainable(sweep_raw, str(tmp_path / "aba")),
+            param_space={"cell": tune.grid_search([a, b, a])},
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=1),
-            run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="plain", verbose=0),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name="aba", verbose=0),
         ).fit()
     finally:
         ray.shutdown()
-    assert not results.errors
-    by_seed = {r.config["trial"]["train"]["seed"]: r.metrics for r in results}
-    assert by_seed[0]["eval/loss"] == pytest.approx(reference.results[-1]["eval/loss"], rel=1e-5)
-    assert by_seed[1]["train/step"] == 20
+    assert not grid.errors
+    runs = sorted((results_of(Path(r.path)) for r in grid), key=lambda rs: rs[0]["trial_id"])
+    assert len({rs[-1]["sys/pid"] for rs in runs}) == 1  # one process ran all three
+    assert [rs[-1]["sys/base_cached"] for rs in runs] == [False, True, True]
+    # eval rows only (log-only rows repeat the last eval loss at time-dependent steps)
+    evals = [{r["train/step"]: r["eval/loss"] for r in rs if r["train/step"] % 10 == 0} for rs in runs]
+    assert sorted(evals[0]) == [0, 10, 20, 30]
+    assert evals[0] == evals[2] == fresh_evals
+    assert evals[1] != evals[0]

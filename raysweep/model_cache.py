@@ -1,0 +1,139 @@
+"""Per-process caches of the frozen base model and the tokenized data, for trials in reused actors.
+
+With the `actor` executor (DESIGN.md "Per-trial start-up") one Python process runs trial after trial.
+Loading the base weights from disk and tokenizing the data again for every trial is wasted work (for a
+multi-billion-parameter model it dominates start-up), so the process keeps exactly one base model and
+one tokenized dataset, keyed by everything that determines them, and evicts them when the key changes.
+
+Each trial gets a *fresh view* of the cached base: a new module tree (its own config, hooks, adapter
+layers and `requires_grad` flags) whose parameters share storage with the cache. Adapters train only
+their own parameters and must never write into base weights in place; `fingerprint()` lets tests check
+that the cache is unchanged after a trial. No library offers this (peft's `unload()` restores modules but
+not flags, hooks or config edits made by a trial), hence the hand-written copy below.
+
+`RAYSWEEP_BASE_CACHE=0` turns both caches off (each trial loads from disk, as a fresh process would).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_base: tuple[tuple, Any, Any] | None = None  # (key, model, tokenizer)
+_splits: tuple[tuple, Any] | None = None  # (key, (train, eval))
+stats = {"base_hits": 0, "base_misses": 0, "data_hits": 0, "data_misses": 0}
+
+
+def enabled() -> bool:
+    return os.environ.get("RAYSWEEP_BASE_CACHE", "1") not in ("0", "false", "no")
+
+
+def _stamp(path: str | Path) -> tuple:
+    """(mtime, size) of a local file or directory's config.json, so edits on disk invalidate the cache."""
+    p = Path(path)
+    probe = p / "config.json" if p.is_dir() else p
+    try:
+        st = probe.stat()
+        return (st.st_mtime_ns, st.st_size)
+    except OSError:
+        return ()
+
+
+def _model_key(model_cfg: dict[str, Any], source: str, device) -> tuple:
+    return (source, _stamp(source), model_cfg.get("dtype", "float32"), bool(model_cfg.get("trust_remote_code")),
+            json.dumps(model_cfg.get("quantization"), sort_keys=True), str(device))
+
+
+def clear() -> None:
+    """Drop both caches and give the memory back (also used when a key changes)."""
+    global _base, _splits
+    _base, _splits = None, None
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def fresh_view(model):
+    """A new module tree over the same weight storage: parameters become new `Parameter` objects sharing
+    data (so flags and gradients are per trial), buffers are cloned (small, and some are updated in place),
+    everything else (config, hooks, submodules) is deep-copied. Tied weights stay tied."""
+    import torch
+
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        if id(p) not in memo:
+            # quantized parameter subclasses carry extra state; they are frozen, so share them as they are
+            plain = type(p) is torch.nn.Parameter
+            memo[id(p)] = torch.nn.Parameter(p.data, requires_grad=p.requires_grad) if plain else p
+    for b in model.buffers():
+        memo.setdefault(id(b), b.clone())
+    return copy.deepcopy(model, memo)
+
+
+def base_model(model_cfg: dict[str, Any], device) -> tuple[Any, Any, bool, float]:
+    """(fresh model view on `device`, tokenizer copy, cache hit?, seconds spent)."""
+    global _base
+    from raysweep import models
+
+    t0 = time.perf_counter()
+    source = models.resolve(model_cfg["name_or_path"])
+    key = _model_key(model_cfg, source, device)
+    if not enabled():
+        model, tokenizer = models.load(model_cfg)
+        return model.to(device), tokenizer, False, time.perf_counter() - t0
+    hit = _base is not None and _base[0] == key
+    if hit:
+        stats["base_hits"] += 1
+    else:
+        stats["base_misses"] += 1
+        clear()  # one base per process: free the old one before loading the next
+        model, tokenizer = models.load(model_cfg)
+        model.to(device)
+        model.requires_grad_(False)
+        _base = (key, model, tokenizer)
+    _, model, tokenizer = _base
+    return fresh_view(model), copy.deepcopy(tokenizer), hit, time.perf_counter() - t0
+
+
+def splits(model_cfg: dict[str, Any], data_cfg: dict[str, Any], seed: int, data_files: list[str],
+           build: Callable[[], Any]) -> tuple[Any, bool]:
+    """The tokenized (train, eval) splits, built once per (tokenizer, data config, files, seed)."""
+    global _splits
+    if not enabled():
+        return build(), False
+    from raysweep import models
+
+    source = models.resolve(model_cfg["name_or_path"])  # the tokenizer's identity
+    key = (source, _stamp(source), json.dumps(data_cfg, sort_keys=True), seed,
+           tuple((f, _stamp(f)) for f in data_files))
+    if _splits is not None and _splits[0] == key:
+        stats["data_hits"] += 1
+        return _splits[1], True
+    stats["data_misses"] += 1
+    _splits = None
+    _splits = (key, build())
+    return _splits[1], False
+
+
+def fingerprint(model) -> float:
+    """A cheap checksum of every parameter (tests: the cached base is unchanged by a trial)."""
+    import torch
+
+    with torch.no_grad():
+        return float(sum(p.double().abs().sum().item() * (i + 1) for i, p in enumerate(model.parameters())))
+
+
+def cached_base():
+    """The cached base model (None if empty); for tests and benchmarks."""
+    return _base[1] if _base else None
