@@ -140,7 +140,7 @@ def cmd_run(args) -> int:
     tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose)
     at_once = tune_driver.slots(saved)
     console.print(f"[bold]{len(trials)} trial(s)[/bold] × num_samples {sweep.search.num_samples}, "
-                  f"{at_once} at once → {experiment_path}")
+                  f"{at_once} at once, executor {sweep.resources.resolved_executor()} → {experiment_path}")
     callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(saved, cell), console)
     try:
         tune_driver.run(saved, trials, str(storage), name, [callback], at_once)

@@ -26,6 +26,7 @@ SYS_STARTED_AT = "sys/started_at"  # unix time the trial's training code started
 SYS_MODEL_LOAD_S = "sys/model_load_s"  # base model (+ tokenizer) load, or fresh view of the cached one
 SYS_BASE_CACHED = "sys/base_cached"  # the base came from this process's cache (a reused actor)
 SYS_PID = "sys/pid"  # process running the training loop (rank 0)
+SYS_TIME = "sys/time"  # unix time of this report (wall-clock curves, start-up/shutdown benchmarks)
 ADAPTER_TRAINABLE_PARAMS = "adapter/trainable_params"
 ADAPTER_EFFECTIVE_PARAMS = "adapter/effective_params"
 ADAPTER_TOTAL_PARAMS = "adapter/base_params"
@@ -35,7 +36,7 @@ CHECKPOINT_PATH = "checkpoint_path"  # added by Ray's TuneReportCallback when a 
 ALL_METRICS = (
     TRAIN_LOSS, TRAIN_LR, TRAIN_TOKENS_PER_S, TRAIN_STEP, TRAIN_EPOCH, TRAIN_TOKENS, TRAIN_EARLY_STOPPED,
     EVAL_LOSS, EVAL_PPL, EVAL_ACCURACY, EVAL_BEST_LOSS, EVAL_INITIAL_LOSS, SYS_MEM_MB, SYS_SETUP_S,
-    SYS_STARTED_AT, SYS_MODEL_LOAD_S, SYS_BASE_CACHED, SYS_PID,
+    SYS_STARTED_AT, SYS_MODEL_LOAD_S, SYS_BASE_CACHED, SYS_PID, SYS_TIME,
     ADAPTER_TRAINABLE_PARAMS, ADAPTER_EFFECTIVE_PARAMS, ADAPTER_TOTAL_PARAMS, ADAPTER_SPARSITY,
 )
 

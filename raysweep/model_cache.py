@@ -64,6 +64,16 @@ def clear() -> None:
         pass
 
 
+def release_trial_memory() -> None:
+    """After a trial in a reused process: collect its model/optimizer and return cached GPU blocks, so
+    the next trial (and other processes sharing the GPU) start from the base model's footprint only."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def fresh_view(model):
     """A new module tree over the same weight storage: parameters become new `Parameter` objects sharing
     data (so flags and gradients are per trial), buffers are cloned (small, and some are updated in place),

@@ -40,6 +40,7 @@ def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial]) -> None:
                  + (f", {res.gpus_per_worker:g} GPU" if res.gpus_per_worker else "") + ")")
     console.print(f"trials: {n} ({len(trials)} cells × num_samples {sweep.search.num_samples})")
     console.print(f"each trial asks for: {per_trial}")
+    console.print(f"executor: {describe_executor(res)}")
     if res.max_concurrent:
         console.print(f"at most {res.max_concurrent} at once (resources.max_concurrent)")
     elif not res.gpus_per_worker:
@@ -50,3 +51,11 @@ def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial]) -> None:
     else:
         console.print(f"trials at once: the cluster's GPUs ÷ {res.gpus_per_worker * res.num_workers:g}")
     console.print(f"ranked by: {sweep.search.metric} ({sweep.search.mode})")
+
+
+def describe_executor(res) -> str:
+    """One line for plan/run headers: which executor runs the trials and what that means."""
+    name = res.resolved_executor()
+    how = ("reused Tune actors, base model cached per process" if name == "actor"
+           else "a Ray Train TorchTrainer per trial")
+    return f"{name} ({how}; resources.executor={res.executor})"

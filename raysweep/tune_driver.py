@@ -56,6 +56,7 @@ def executor(sweep_raw: dict[str, Any]) -> str:
 
 def actor_trial_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any]) -> None:
     """One trial run in this Tune actor's process (reused across trials: imports and base model stay)."""
+    from raysweep.model_cache import release_trial_memory
     from raysweep.session import TuneSession
     from raysweep.worker import run_training
 
@@ -64,6 +65,8 @@ def actor_trial_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any]) -> No
         run_training(trial, TuneSession())
     except Exception as exc:  # noqa: BLE001 - re-raised with the root cause as a one-line reason
         raise TrialFailed(_reason(exc)) from exc
+    finally:
+        release_trial_memory()
 
 
 def driver_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any], train_storage: str) -> None:

@@ -196,7 +196,7 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
         row = static | last_eval | extra | {
             M.TRAIN_STEP: state["step"], M.TRAIN_TOKENS: state["tokens"], M.SYS_MEM_MB: M.memory_mb(),
             M.EVAL_BEST_LOSS: state["best_loss"], M.EVAL_INITIAL_LOSS: state["initial_loss"],
-            M.TRAIN_EARLY_STOPPED: state["early_stopped"],
+            M.TRAIN_EARLY_STOPPED: state["early_stopped"], M.SYS_TIME: time.time(),
         }
         if not with_checkpoint:
             session.report(row)

@@ -40,6 +40,9 @@ def test_plan_prints_the_trials_and_resources():
     assert proc.returncode == 0, proc.stderr
     assert "quickstart: 8 trial(s)" in proc.stdout
     assert "each trial asks for: 1 worker(s) × (1 CPU)" in proc.stdout
+    assert "executor: actor (reused Tune actors" in proc.stdout
+    multi = cli("plan", "search_spaces/quickstart.yaml", "resources.num_workers=2")
+    assert "executor: train (a Ray Train TorchTrainer per trial" in multi.stdout
     assert proc.stdout.count("lora") == 4 and proc.stdout.count("dora") == 4
 
 
@@ -106,3 +109,22 @@ def test_resume_of_a_directory_that_is_not_an_experiment(tmp_path):
 @pytest.mark.parametrize("command", ["analyze"])
 def test_analyze_of_a_directory_that_is_not_an_experiment(tmp_path, command):
     assert_bad_input(cli(command, tmp_path), "not a raysweep experiment directory")
+
+
+def test_the_sweep_driver_and_trial_entry_points_import_no_ml_stack(builtin_model_dir, builtin_task_files):
+    """Lazy imports: the CLI's launch path (validation, preflight, builtin check, trainable) and the module
+    a trial actor unpickles never import torch/transformers/peft; only the training loop does."""
+    code = textwrap.dedent("""
+        import sys
+        import raysweep.__main__ as cli
+        from raysweep import progress, space, tune_driver
+        raw, sweep, trials = space.load("search_spaces/quickstart.yaml", [])
+        cli._preflight(raw, trials)
+        cli._ensure_builtin(trials)
+        tune_driver.build_trainable(raw, "unused")
+        import raysweep.worker, raysweep.session, raysweep.model_cache
+        print(sorted(m for m in ("torch", "transformers", "peft", "ray.train.torch") if m in sys.modules))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -81,6 +81,9 @@ def test_no_grid_is_one_trial(tmp_path):
 
 # (yaml, overrides, substrings the message must contain — the key path first)
 BAD = [
+    ("train: {max_steps: 10}\nresources: {executor: actor, num_workers: 2}", [],
+     ["resources", "executor 'actor'", "set resources.executor to 'train'"]),
+    ("train: {max_steps: 10}\nresources: {executor: ray}", [], ["resources.executor", "'auto', 'train' or 'actor'"]),
     ("train: {max_steps: 10, lr: -1}", [], ["train.lr", "greater than 0"]),
     ("train: {max_steps: 10, learning_rate: 0.1}", [], ["train.learning_rate", "did you mean 'lr'"]),
     ("train: {max_steps: 10}\nadapter: {type: lorax}", [], ["adapter.type", "lorax", "lora"]),

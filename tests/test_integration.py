@@ -205,7 +205,7 @@ def test_killed_trial_process_is_retried_from_its_latest_checkpoint(tmp_path, bu
         for trial_dir in (storage / "kill").glob("*/"):
             results = results_of(trial_dir)
             if results and results[-1]["train/step"] >= 100:  # checkpoints at 50 and 100 exist
-                killed_pid, killed_step = results[-1]["sys/pid"], results[-1]["train/step"]
+                killed_pid = results[-1]["sys/pid"]
                 os.kill(killed_pid, signal.SIGKILL)
                 break
         time.sleep(0.2)
@@ -216,7 +216,9 @@ def test_killed_trial_process_is_retried_from_its_latest_checkpoint(tmp_path, bu
     assert row["status"] == "TERMINATED" and int(row["train/step"]) == 400
     steps = [r["train/step"] for r in results_of(Path(row["trial_path"]))]
     restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])  # the first report after the kill
-    assert 100 <= steps[restart] <= killed_step and steps[restart] % 50 == 0, steps  # resumed, not from 0
+    # resumed from a checkpoint taken at or after the one we waited for (the process may have run on a
+    # little before the kill landed), not from step 0 and not past what had been reached
+    assert 100 <= steps[restart] <= steps[restart - 1] and steps[restart] % 50 == 0, steps
     assert int(row["sys/pid"]) != killed_pid
     assert float(row["eval/loss"]) < 0.8 * float(row["eval/initial_loss"])
     assert len(kept_checkpoints(row)) == 2

@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-from raysweep.data import collate
+from typing import TYPE_CHECKING
 
 from .cache import build_once, default_cache_dir
-from .corpus import pretrain_examples, tokenizer_texts
-from .encoding import encode_many
-from .tokenizer import train_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+# torch/transformers are imported inside the builders: the sweep driver calls ensure_builtin_model()
+# on every run and must not pay ~3 s of imports when the model is already cached
 
 # Bump whenever anything below (or in corpus/tokenizer) changes the weights:
 # the version is part of the directory name, so old caches are never reused.
@@ -49,6 +48,13 @@ PRETRAIN = dict(examples=32_000, steps=400, batch_size=64, lr=1e-3, warmup=30, w
 
 
 def _pretrain(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast) -> float:
+    import torch
+
+    from raysweep.data import collate
+
+    from .corpus import pretrain_examples
+    from .encoding import encode_many
+
     cfg = PRETRAIN
     rows = encode_many(tok, list(pretrain_examples(cfg["examples"], seed=SEED)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -75,6 +81,12 @@ def _pretrain(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast) -> float:
 
 
 def _build(out: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .corpus import tokenizer_texts
+    from .tokenizer import train_tokenizer
+
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(BUILD_THREADS)
     try:

@@ -1,0 +1,225 @@
+"""Per-trial start-up and sweep makespan for each executor, against the ideal and the bash loop.
+
+    .venv/bin/python benchmarks/trial_startup.py [--steps 600] [--skip-big-model]
+
+All measured in one run, on the quickstart grid (8 trials, 1 CPU each, 2 at once here) with
+`train.max_steps=<steps>` so that each trial computes for ~30 s:
+
+1. bare: every trial in this one warm process (`run_training` + `LocalSession`, 1 thread). Ideal makespan
+   = Σ bare ÷ slots.
+2. loop: what users run today, a sequential loop of one fresh `python` process per trial (2 threads each,
+   the whole machine, as a bash loop would give it).
+3. `python -m raysweep run ... resources.executor=train` and `... =actor`, launch → exit.
+
+Per-trial start-up of a swept trial = (training loop ready) − (its slot became free), where loop ready =
+`sys/started_at` + `sys/setup_s` reported by the worker and a slot becomes free when Tune sees a trial end
+(`ended_at` in trials.csv; the first trial on each slot counts from Tune's trial start callback). Phases:
+executor (slot free → our training code runs: process starts, imports, Ray Train controller/worker group
+or actor reuse), setup (base model + data + optimizer; `sys/model_load_s` is the model part), and shutdown
+(last report → Tune sees the trial end).
+
+4. base-model cache: a ~1.1B-parameter Llama (bf16, random weights, written to a temp dir) loaded from
+   disk vs taken from the per-process cache (what a reused actor does), in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = str(ROOT / "search_spaces" / "quickstart.yaml")
+OUT = ROOT / "benchmarks" / "_out"
+
+
+def one_trial(index: int, overrides: list[str]) -> None:
+    """Entry point of the `loop` baseline: one trial of the grid in this fresh process."""
+    from raysweep import space
+    from raysweep.session import LocalSession
+    from raysweep.worker import run_training
+
+    _, _, trials = space.load(GRID, overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_training(trials[index].config.model_dump(mode="json"), LocalSession(Path(tmp)))
+
+
+def bare(overrides: list[str]) -> list[float]:
+    import torch
+
+    from raysweep import space
+    from raysweep.session import LocalSession
+    from raysweep.worker import run_training
+
+    torch.set_num_threads(1)
+    _, _, trials = space.load(GRID, overrides)
+    times = []
+    for t in trials:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            run_training(t.config.model_dump(mode="json"), LocalSession(Path(tmp)))
+            times.append(time.perf_counter() - t0)
+        print(f"bare {t.label()}: {times[-1]:.1f} s", flush=True)
+    return times
+
+
+def loop(overrides: list[str], n: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(n):
+        subprocess.run([sys.executable, __file__, "--one", str(i), *overrides, "resources.cpus_per_worker=2"],
+                       cwd=ROOT, check=True, capture_output=True)
+        print(f"loop trial {i}: {time.perf_counter() - t0:.1f} s elapsed", flush=True)
+    return time.perf_counter() - t0
+
+
+def sweep(overrides: list[str], executor: str) -> tuple[float, list[dict]]:
+    name = f"startup-{executor}"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "raysweep", "run", GRID, *overrides,
+                           f"resources.executor={executor}", "--storage", str(OUT), "--name", name,
+                           "--no-dashboard"], cwd=ROOT, capture_output=True, text=True)
+    makespan = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(proc.stdout[-2000:] + proc.stderr[-2000:])
+    with (OUT / name / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        results = [json.loads(line) for line in Path(r["trial_path"], "result.json").read_text().splitlines()]
+        r["last_report"] = results[-1]["sys/time"]
+    print(f"{executor}: makespan {makespan:.1f} s", flush=True)
+    return makespan, rows
+
+
+def phases(rows: list[dict], slots: int) -> dict[str, list[float]]:
+    """Per-trial start-up phases (see module docstring), trials in the order their training code started."""
+    num = {k: [float(r[k]) for r in rows] for k in
+           ("sys/started_at", "sys/setup_s", "sys/model_load_s", "launched_at", "ended_at", "last_report")}
+    order = sorted(range(len(rows)), key=lambda i: num["sys/started_at"][i])
+    ends = sorted(num["ended_at"])
+    out: dict[str, list[float]] = {"executor": [], "setup": [], "model": [], "startup": [], "shutdown": [],
+                                   "first": []}
+    for rank, i in enumerate(order):
+        first = rank < slots
+        freed = num["launched_at"][i] if first else ends[rank - slots]
+        ready = num["sys/started_at"][i] + num["sys/setup_s"][i]
+        out["first" if first else "startup"].append(ready - freed)
+        if not first:  # steady state: a slot freed by a finished trial is taken by the next one
+            out["executor"].append(num["sys/started_at"][i] - freed)
+            out["setup"].append(num["sys/setup_s"][i])
+            out["model"].append(num["sys/model_load_s"][i])
+        out["shutdown"].append(num["ended_at"][i] - num["last_report"][i])
+    return out
+
+
+def _drop_page_cache() -> bool:
+    """Make the next read come from disk (root only); False where not allowed."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def big_model_cache() -> dict[str, float]:
+    """Seconds from asking for the base to every weight being in memory (safetensors are memory-mapped, so
+    a load alone defers the reading to first use; we read each tensor once): cache hit vs miss, with the
+    weights file in the OS page cache (warm) and, where allowed, read from disk (cold)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from raysweep import model_cache
+    from raysweep.builtin import ensure_builtin_model
+
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                      num_attention_heads=32, num_key_value_heads=4, tie_word_embeddings=False)
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        with torch.device("meta"):  # no time spent on an init that is overwritten below
+            model = LlamaForCausalLM(cfg)
+        model = model.to_empty(device="cpu").to(torch.bfloat16)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.02)
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(ensure_builtin_model()).save_pretrained(tmp)  # any tokenizer will do
+        out["params"] = sum(p.numel() for p in model.parameters())
+        del model
+        model_cfg = {"name_or_path": tmp, "dtype": "bfloat16"}
+        def ready() -> tuple[float, bool]:
+            t0 = time.perf_counter()
+            view, _, hit, _ = model_cache.base_model(model_cfg, torch.device("cpu"))
+            with torch.no_grad():
+                for p in view.parameters():
+                    p.sum()
+            return time.perf_counter() - t0, hit
+
+        model_cache.clear()
+        if _drop_page_cache():
+            out["miss_cold"], hit = ready()
+            assert not hit
+            model_cache.clear()
+        out["miss_warm"], hit = ready()
+        assert not hit
+        out["hit"] = statistics.median(ready()[0] for _ in range(3))
+        model_cache.clear()
+    return out
+
+
+def med(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.2f}" if xs else "-"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--skip-big-model", action="store_true")
+    args, rest = p.parse_known_args()
+    if args.one is not None:
+        one_trial(args.one, rest)
+        return
+    overrides = [f"train.max_steps={args.steps}"]
+    from raysweep.builtin import ensure_builtin_model, ensure_builtin_task
+
+    ensure_builtin_model()
+    ensure_builtin_task()
+    shutil.rmtree(OUT, ignore_errors=True)
+    results = {ex: sweep(overrides, ex) for ex in ("actor", "train")}
+    bare_times = bare(overrides)
+    slots = 2 if (os.cpu_count() or 1) >= 2 else 1
+    ideal = sum(bare_times) / slots
+    loop_s = loop(overrides, len(bare_times))
+
+    print(f"\n8 trials × train.max_steps={args.steps}; Σ bare {sum(bare_times):.1f} s "
+          f"(mean {statistics.mean(bare_times):.1f} s), {slots} slots, ideal makespan {ideal:.1f} s\n")
+    print("| way to run the grid | makespan | ÷ ideal | speed-up vs loop |\n|---|---|---|---|")
+    print(f"| sequential loop of fresh processes (2 threads each) | {loop_s:.1f} s | {loop_s / ideal:.2f} | 1.00 |")
+    for ex, (makespan, _) in results.items():
+        print(f"| raysweep, executor={ex} | {makespan:.1f} s | {makespan / ideal:.2f} | {loop_s / makespan:.2f} |")
+    print("\n| executor | median start-up, steady state (s) | executor phase | setup | of which model | "
+          "first trial per slot | shutdown |\n|---|---|---|---|---|---|---|")
+    for ex, (_, rows) in results.items():
+        ph = phases(rows, slots)
+        print(f"| {ex} | **{med(ph['startup'])}** | {med(ph['executor'])} | {med(ph['setup'])} | {med(ph['model'])} "
+              f"| {med(ph['first'])} | {med(ph['shutdown'])} |")
+        print(f"<!-- {ex} start-ups: {[round(x, 2) for x in ph['startup']]} -->")
+    if not args.skip_big_model:
+        big = big_model_cache()
+        print(f"\n| base model ({big['params'] / 1e9:.2f}B params, bf16): ask → all weights in memory | s |\n|---|---|")
+        if "miss_cold" in big:
+            print(f"| reload, weights read from disk (page cache dropped) | {big['miss_cold']:.2f} |")
+        print(f"| reload, weights file in the OS page cache | {big['miss_warm']:.2f} |")
+        print(f"| cached base in this process (reused actor; median of 3) | {big['hit']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
