@@ -1,16 +1,21 @@
 """What a trial checkpoint holds, and reading it back.
 
 A checkpoint directory (adapter weights only, small):
-  adapter/           current adapter, peft format: PeftModel.from_pretrained(base, "adapter")
+  adapter/           current adapter, peft format: PeftModel.from_pretrained(base, "adapter") (gated
+                     adapters: pruned and folded into plain LoRA/DoRA)
   best_adapter/      adapter with the best eval/loss so far, peft format (so "last K + best" holds
                      with Ray keeping only the last K checkpoints)
+  adapter_state.safetensors, best_state.safetensors
+                     the adapter's training state (Adapter.state_dict: e.g. gates too), for resuming
   trainer_state.pt   optimizer, lr scheduler, step, early-stopping state, RNG: resume continues exactly
+  <layer log>.csv    per-module log history up to this step, if the adapter keeps one (sparsity.csv)
   trial_config.json  the resolved trial config
   metrics.json       the metrics reported with this checkpoint
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -19,26 +24,29 @@ from typing import Any
 ADAPTER_DIR = "adapter"
 BEST_ADAPTER_DIR = "best_adapter"
 TRAINER_STATE = "trainer_state.pt"
+ADAPTER_STATE = "adapter_state.safetensors"
+BEST_STATE = "best_state.safetensors"
 TRIAL_CONFIG = "trial_config.json"
 METRICS = "metrics.json"
 
 
 def save(directory: Path, *, adapter, model, best_state: dict | None, trainer_state: dict[str, Any],
-         config: dict[str, Any], metrics: dict[str, Any]) -> Path:
+         config: dict[str, Any], metrics: dict[str, Any], layer_log: tuple[str, list[dict]] | None = None) -> Path:
     import torch
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
+    state = adapter.state_dict(model)
     adapter.save(model, directory / ADAPTER_DIR)
-    best_dir = directory / BEST_ADAPTER_DIR
+    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / ADAPTER_STATE))
     if best_state is None:
-        shutil.copytree(directory / ADAPTER_DIR, best_dir, dirs_exist_ok=True)
+        shutil.copytree(directory / ADAPTER_DIR, directory / BEST_ADAPTER_DIR, dirs_exist_ok=True)
+        shutil.copy(directory / ADAPTER_STATE, directory / BEST_STATE)
     else:
-        # same files as save_pretrained writes: its config plus the best weights
-        best_dir.mkdir(exist_ok=True)
-        for f in (directory / ADAPTER_DIR).glob("*.json"):
-            shutil.copy(f, best_dir / f.name)
-        save_file({k: v.contiguous() for k, v in best_state.items()}, str(best_dir / "adapter_model.safetensors"))
+        adapter.save(model, directory / BEST_ADAPTER_DIR, state=best_state)
+        save_file({k: v.contiguous() for k, v in best_state.items()}, str(directory / BEST_STATE))
+    if layer_log is not None:
+        write_layer_log(directory / layer_log[0], layer_log[1])
     torch.save(trainer_state, directory / TRAINER_STATE)
     (directory / TRIAL_CONFIG).write_text(json.dumps(config, indent=2))
     (directory / METRICS).write_text(json.dumps(metrics, indent=2, default=float))
@@ -55,13 +63,29 @@ def load_trainer_state(directory: Path) -> dict[str, Any]:
 def load_adapter_state(directory: Path) -> dict:
     from safetensors.torch import load_file
 
-    return load_file(str(directory / ADAPTER_DIR / "adapter_model.safetensors"))
+    return load_file(str(directory / ADAPTER_STATE))
 
 
 def load_best_state(directory: Path) -> dict:
     from safetensors.torch import load_file
 
-    return load_file(str(directory / BEST_ADAPTER_DIR / "adapter_model.safetensors"))
+    return load_file(str(directory / BEST_STATE))
+
+
+def write_layer_log(path: Path, rows: list[dict]) -> None:
+    """step, overall, then one column per module (the order of the first row)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def load_layer_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def load_metrics(directory: Path) -> dict[str, Any]:

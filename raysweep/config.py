@@ -322,6 +322,11 @@ def pydantic_issues(model: type[BaseModel], exc: ValidationError, prefix: str = 
     return issues
 
 
+def option_keys(options: type[BaseModel]) -> list[str]:
+    """The keys a user writes for a family's options (`lambda`, not the Python name `lambda_`)."""
+    return [field.alias or name for name, field in options.model_fields.items()]
+
+
 def validate_adapter_options(adapter: AdapterConfig, prefix: str = "adapter") -> list[ConfigIssue]:
     """Check family-specific keys under `adapter:` against the family's Options model."""
     family = adapters.get(adapter.type)
@@ -333,7 +338,7 @@ def validate_adapter_options(adapter: AdapterConfig, prefix: str = "adapter") ->
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
-                owners = [n for n in adapters.names() if key in adapters.get(n).Options.model_fields]
+                owners = [n for n in adapters.names() if key in option_keys(adapters.get(n).Options)]
                 where = f"it applies to: {', '.join(owners)}" if owners else "no adapter has it"
                 common = _suggest(key, list(AdapterConfig.model_fields))
                 issues.append(ConfigIssue(
@@ -385,5 +390,5 @@ def axis_paths() -> list[str]:
     for section in SECTIONS_IN_TRIAL:
         walk(TrialConfig.model_fields[section].annotation, f"{section}.")
     for name in adapters.names():
-        paths += [f"adapter.{key}" for key in adapters.get(name).Options.model_fields]
+        paths += [f"adapter.{key}" for key in option_keys(adapters.get(name).Options)]
     return sorted(set(paths))

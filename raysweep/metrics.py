@@ -30,7 +30,9 @@ SYS_TIME = "sys/time"  # unix time of this report (wall-clock curves, start-up/s
 ADAPTER_TRAINABLE_PARAMS = "adapter/trainable_params"
 ADAPTER_EFFECTIVE_PARAMS = "adapter/effective_params"
 ADAPTER_TOTAL_PARAMS = "adapter/base_params"
-ADAPTER_SPARSITY = "adapter/sparsity"
+ADAPTER_SPARSITY = "adapter/sparsity"  # gated adapters: fraction of gates exactly zero
+ADAPTER_NEAR_ZERO_GATES = "adapter/near_zero_gates"  # gates with |g| < 1e-6 (zero included)
+ADAPTER_LIVE_RANKS = "adapter/live_ranks"  # gates not exactly zero, summed over modules
 CHECKPOINT_PATH = "checkpoint_path"  # added by Ray's TuneReportCallback when a checkpoint is reported
 
 ALL_METRICS = (
@@ -38,6 +40,7 @@ ALL_METRICS = (
     EVAL_LOSS, EVAL_PPL, EVAL_ACCURACY, EVAL_BEST_LOSS, EVAL_INITIAL_LOSS, SYS_MEM_MB, SYS_SETUP_S,
     SYS_STARTED_AT, SYS_MODEL_LOAD_S, SYS_BASE_CACHED, SYS_PID, SYS_TIME,
     ADAPTER_TRAINABLE_PARAMS, ADAPTER_EFFECTIVE_PARAMS, ADAPTER_TOTAL_PARAMS, ADAPTER_SPARSITY,
+    ADAPTER_NEAR_ZERO_GATES, ADAPTER_LIVE_RANKS,
 )
 
 

@@ -162,17 +162,24 @@ class ProgressCallback(Callback):
             counts[rec.status] = counts.get(rec.status, 0) + 1
         title = "  ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "starting"
         table = Table(title=f"raysweep · {title}", title_justify="left")
-        for col in ("trial", "status", "adapter", "rank", "seed", "step", "loss", "eval loss", "acc", "tok/s"):
+        # gated adapters (sora/sdora) report sparsity: show it, and their λ, when any trial has them
+        gated = any(_lambda(rec.resolved["adapter"]) is not None for rec in self.records.values())
+        columns = ["trial", "status", "adapter", "rank", "seed"] + (["λ"] if gated else []) + [
+            "step", "loss", "eval loss", "acc", "tok/s"] + (["sparsity", "eff. params"] if gated else [])
+        for col in columns:
             table.add_column(col, justify="right" if col not in ("trial", "status", "adapter") else "left")
         for rec in self.records.values():
             last = rec.last
-            table.add_row(
-                rec.trial_id, Text(rec.status, style=STATUS_STYLE.get(rec.status, "")),
-                str(rec.resolved["adapter"]["type"]), str(rec.resolved["adapter"]["r"]),
-                str(rec.resolved["train"]["seed"]), _fmt(last.get(M.TRAIN_STEP)), _fmt(last.get(M.TRAIN_LOSS)),
-                _fmt(last.get(M.EVAL_LOSS)), _fmt(last.get(M.EVAL_ACCURACY), 3),
-                _fmt(last.get(M.TRAIN_TOKENS_PER_S), 3),
-            )
+            row = [rec.trial_id, Text(rec.status, style=STATUS_STYLE.get(rec.status, "")),
+                   str(rec.resolved["adapter"]["type"]), str(rec.resolved["adapter"]["r"]),
+                   str(rec.resolved["train"]["seed"])]
+            if gated:
+                row.append(_fmt(_lambda(rec.resolved["adapter"])))
+            row += [_fmt(last.get(M.TRAIN_STEP)), _fmt(last.get(M.TRAIN_LOSS)), _fmt(last.get(M.EVAL_LOSS)),
+                    _fmt(last.get(M.EVAL_ACCURACY), 3), _fmt(last.get(M.TRAIN_TOKENS_PER_S), 3)]
+            if gated:
+                row += [_fmt(last.get(M.ADAPTER_SPARSITY), 3), _fmt(last.get(M.ADAPTER_EFFECTIVE_PARAMS))]
+            table.add_row(*row)
         return table
 
     def write_csv(self) -> Path:
@@ -196,6 +203,15 @@ class ProgressCallback(Callback):
 def checkpoint_of(rec: TrialRecord) -> str:
     """The trial's latest checkpoint: reported by Ray Train (train executor) or kept by Tune (actor)."""
     return rec.last.get(M.CHECKPOINT_PATH) or rec.checkpoint_path or ""
+
+
+def _lambda(adapter_cfg: dict[str, Any]) -> float | None:
+    """The sparsity strength of a gated adapter (its default when the grid does not set it), else None."""
+    from raysweep import adapters
+
+    options = adapters.get(adapter_cfg["type"]).Options
+    field = options.model_fields.get("lambda_")
+    return None if field is None else adapter_cfg.get("lambda", field.default)
 
 
 def describe(rec: TrialRecord) -> str:

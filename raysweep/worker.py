@@ -81,13 +81,12 @@ def total_steps(train_cfg: dict[str, Any], n_train: int, world_size: int) -> int
     return max(1, math.ceil(train_cfg["epochs"] * n_train / per_step))
 
 
-def setup_optimizer(config: dict[str, Any], model, steps: int):
+def setup_optimizer(config: dict[str, Any], model, adapter, steps: int):
     import torch
     from transformers import get_scheduler
 
     t = config["train"]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    optimizer = torch.optim.AdamW(adapter.param_groups(model, t))
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t["schedule"]]
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=t["warmup_steps"], num_training_steps=steps)
     return optimizer, scheduler
@@ -163,7 +162,7 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     wrapped, model, adapter, tokenizer, load_metrics = setup_model(config, session)
     train_set, eval_set = setup_data(config, tokenizer)
     steps = total_steps(t, len(train_set), session.world_size)
-    optimizer, scheduler = setup_optimizer(config, model, steps)
+    optimizer, scheduler = setup_optimizer(config, model, adapter, steps)
     device = session.device()
     pad_id = tokenizer.pad_token_id
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t["bf16"])
@@ -174,6 +173,9 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
                              "bad_evals": 0, "initial_loss": None, "early_stopped": False}
     best_adapter_state = None
     resumed_metrics: dict[str, Any] | None = None
+    # per-module history (e.g. gate sparsity per layer), written into every checkpoint
+    log_name = getattr(adapter, "SPARSITY_LOG", None) if adapter.layer_log(model) is not None else None
+    layer_rows: list[dict[str, float]] = []
     with session.latest_checkpoint() as ckpt:
         if ckpt is not None:  # resume: adapter weights, optimizer, schedule, data position, RNG
             saved = checkpointing.load_trainer_state(ckpt)
@@ -184,6 +186,8 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
             torch.set_rng_state(saved["rng"])
             state = saved["state"]
             resumed_metrics = checkpointing.load_metrics(ckpt)
+            if log_name:
+                layer_rows = checkpointing.load_layer_log(ckpt / log_name)
 
     static = adapter.metrics(model) | load_metrics | {
         M.SYS_SETUP_S: time.perf_counter() - t_setup, M.SYS_STARTED_AT: started_at, M.SYS_PID: os.getpid()}
@@ -208,7 +212,8 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
                                  "rng": torch.get_rng_state(), "state": dict(state)}
                 directory = checkpointing.save(
                     Path(tmp) / f"checkpoint_step{state['step']:06d}", adapter=adapter, model=model,
-                    best_state=best_adapter_state, trainer_state=trainer_state, config=config, metrics=row)
+                    best_state=best_adapter_state, trainer_state=trainer_state, config=config, metrics=row,
+                    layer_log=(log_name, layer_rows) if log_name else None)
             session.report(row, directory)
 
     def run_eval() -> None:
@@ -260,8 +265,9 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t["max_grad_norm"])
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
+        # before scheduler.step(): a proximal step must use the learning rate the gradient step just used
+        adapter.after_optimizer_step(model, optimizer, (state["step"] + 1) / steps)
         scheduler.step()
-        adapter.after_optimizer_step(model, lr)
         state["step"] += 1
         window_n += 1
         window_time += time.perf_counter() - t0
@@ -283,6 +289,9 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
             row = {M.TRAIN_LOSS: window_loss / window_n, M.TRAIN_LR: lr, M.TRAIN_EPOCH: epoch,
                    M.TRAIN_TOKENS_PER_S: window_tokens / max(window_time, 1e-9)}
             row |= adapter.metrics(model)
+            if log_name:
+                layer_rows.append({"step": state["step"], "overall": row.get(M.ADAPTER_SPARSITY, 0.0)}
+                                  | adapter.layer_log(model))
             report(row, with_checkpoint=wants_checkpoint)
             window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
     return {"state": state, "eval": last_eval}

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 FAMILIES: dict[str, str] = {
     "lora": "raysweep.adapters.lora:LoraAdapter",
     "dora": "raysweep.adapters.lora:DoraAdapter",
+    "sora": "raysweep.adapters.sora:SoraAdapter",
+    "sdora": "raysweep.adapters.sora:SdoraAdapter",
 }
 
 

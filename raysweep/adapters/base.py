@@ -35,12 +35,21 @@ class Adapter:
         """Wrap `model` with the adapter; only adapter parameters may require grad afterwards."""
         raise NotImplementedError
 
+    def param_groups(self, model, train_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+        """Optimizer parameter groups (AdamW); families with gates give them their own lr/decay."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": train_cfg["lr"],
+                 "weight_decay": train_cfg["weight_decay"]}]
+
     def loss_penalty(self, model):
         """An extra term added to the training loss (None: no penalty)."""
         return None
 
-    def after_optimizer_step(self, model, lr: float) -> None:
-        """Called after every optimizer step (e.g. proximal steps on gates)."""
+    def after_optimizer_step(self, model, optimizer, progress: float) -> None:
+        """Called after every optimizer step (e.g. proximal steps on gates); progress = step / total ∈ (0, 1]."""
+
+    def layer_log(self, model) -> dict[str, float] | None:
+        """Per-module values logged with every eval/log report into a per-trial CSV (None: no log)."""
+        return None
 
     def metrics(self, model) -> dict[str, float]:
         """Adapter metrics reported with every result (effective params, sparsity, ...)."""
@@ -53,9 +62,14 @@ class Adapter:
             m.ADAPTER_TOTAL_PARAMS: total - trainable,
         }
 
-    def save(self, model, directory: Path) -> None:
-        """Save adapter weights only, in a format `PeftModel.from_pretrained` loads."""
+    def save(self, model, directory: Path, state: dict | None = None) -> None:
+        """Save the adapter in a format `PeftModel.from_pretrained` loads: the model's current adapter, or
+        the weights in `state` (a `state_dict()` taken earlier, e.g. the best one) with the same config."""
         model.save_pretrained(str(directory))
+        if state is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in state.items()}, str(Path(directory) / "adapter_model.safetensors"))
 
     def state_dict(self, model) -> dict:
         """Adapter weights only (for in-memory best copies and resume)."""

@@ -1,0 +1,177 @@
+"""The maths of learned sparse gates (SoRA / SDoRA), kept apart from the adapter class so that importing
+the adapter registry (config validation, `plan`) never imports torch.
+
+A gate vector g ∈ R^r sits between A and B of each adapted linear layer: ΔW = s·B·diag(g)·A. It is added
+to peft's LoRA layer as a *parametrization* of `lora_A.weight` (weight = diag(g)·A), so every code path
+that uses that weight — the LoRA forward, DoRA's weight norm (which calls lora_A on an identity matrix),
+and peft's merge — sees the gated update without patching peft.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+ADAPTER = "default"  # peft's adapter name inside a LoraLayer
+PEFT_PREFIX = "base_model.model."  # what get_peft_model puts in front of the base model's module names
+
+
+class Gate(nn.Module):
+    """weight (r × in) -> diag(g)·weight; g starts at ones, so a fresh gated adapter equals plain LoRA."""
+
+    def __init__(self, r: int, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.gate = nn.Parameter(torch.ones(r, dtype=dtype, device=device))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.gate.unsqueeze(1)
+
+
+def soft_threshold_(g: torch.Tensor, xi: float) -> None:
+    """In place: g ← sign(g)·max(|g| − ξ, 0), in one expression.
+
+    Not three sequential masks (g[g > ξ] -= ξ; g[g < −ξ] += ξ; g[|g| ≤ ξ] = 0): after the first two, a
+    value in (ξ, 2ξ] has become ≤ ξ and the third mask wrongly zeroes it.
+    """
+    with torch.no_grad():
+        g.copy_(torch.sign(g) * torch.clamp(g.abs() - xi, min=0.0))
+
+
+def threshold_at(progress: float, start: float, final: float | None, schedule: str) -> float:
+    """ξ at `progress` ∈ [0, 1] of training: constant, or rising from `start` to `final`.
+
+    linear: straight line; log_linear: straight line in log ξ (geometric); exp: slow start, fast end,
+    (e^{5p} − 1)/(e^5 − 1) of the way at progress p.
+    """
+    p = min(max(progress, 0.0), 1.0)
+    if schedule == "constant" or final is None:
+        return start
+    if schedule == "linear":
+        return start + (final - start) * p
+    if schedule == "log_linear":
+        return math.exp(math.log(start) + (math.log(final) - math.log(start)) * p)
+    if schedule == "exp":
+        return start + (final - start) * (math.exp(5 * p) - 1) / (math.exp(5) - 1)
+    raise ValueError(f"unknown lambda_schedule {schedule!r}")
+
+
+def lora_layers(model) -> list[tuple[str, nn.Module]]:
+    """(base-model module name, peft LoraLayer) for every adapted linear layer, in model order."""
+    from peft.tuners.lora import LoraLayer
+
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and ADAPTER in module.lora_A:
+            out.append((name.removeprefix(PEFT_PREFIX), module))
+    return out
+
+
+def add_gates(model) -> None:
+    for _, layer in lora_layers(model):
+        lin = layer.lora_A[ADAPTER]
+        w = lin.weight
+        parametrize.register_parametrization(lin, "weight", Gate(w.shape[0], w.dtype, w.device))
+
+
+def gate_of(layer) -> torch.Tensor:
+    return layer.lora_A[ADAPTER].parametrizations.weight[0].gate
+
+
+def gates(model) -> list[torch.Tensor]:
+    return [gate_of(layer) for _, layer in lora_layers(model)]
+
+
+def is_gate(param_name: str) -> bool:
+    return param_name.endswith("parametrizations.weight.0.gate")
+
+
+# --------------------------------------------------------------------------------- state and export
+
+
+def state_dict(model) -> dict[str, torch.Tensor]:
+    """The trainable state by base module name: A (ungated), B, g and, for DoRA, the magnitude m."""
+    out = {}
+    for name, layer in lora_layers(model):
+        lin = layer.lora_A[ADAPTER]
+        out[f"{name}.A"] = lin.parametrizations.weight.original.detach().cpu().clone()
+        out[f"{name}.B"] = layer.lora_B[ADAPTER].weight.detach().cpu().clone()
+        out[f"{name}.g"] = gate_of(layer).detach().cpu().clone()
+        if ADAPTER in getattr(layer, "lora_magnitude_vector", {}):
+            out[f"{name}.m"] = layer.lora_magnitude_vector[ADAPTER].weight.detach().cpu().clone()
+    return out
+
+
+def load_state_dict(model, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, layer in lora_layers(model):
+            lin = layer.lora_A[ADAPTER]
+            lin.parametrizations.weight.original.copy_(state[f"{name}.A"])
+            layer.lora_B[ADAPTER].weight.copy_(state[f"{name}.B"])
+            gate_of(layer).copy_(state[f"{name}.g"])
+            if f"{name}.m" in state:
+                layer.lora_magnitude_vector[ADAPTER].weight.copy_(state[f"{name}.m"])
+
+
+def module_names(state: dict[str, torch.Tensor]) -> list[str]:
+    return list(dict.fromkeys(k.rsplit(".", 1)[0] for k in state))
+
+
+def live_ranks(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    return {name: int((state[f"{name}.g"] != 0).sum()) for name in module_names(state)}
+
+
+def export(state: dict[str, torch.Tensor], scaling: float) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Prune dead ranks and fold g into B: (LoraConfig keyword arguments, peft-format tensors).
+
+    For live ranks L of a module: B' = B[:, L]·diag(g_L), A' = A[L], r' = |L|, alpha' = s·r' so the
+    exported scaling alpha'/r' equals the trained s and ΔW is unchanged. A module whose ranks all died is
+    dropped (its ΔW is 0) — except with DoRA, where its trained magnitude still rescales the base weight:
+    it is kept with one zero rank (B' = 0), which leaves ΔW = 0 and the magnitude in place. If no module
+    of a plain LoRA export survives, one zero-rank module is kept so the adapter still loads.
+    """
+    names = module_names(state)
+    dora = any(f"{n}.m" in state for n in names)
+    tensors: dict[str, torch.Tensor] = {}
+    rank_pattern: dict[str, int] = {}
+    for name in names:
+        g, a, b = state[f"{name}.g"], state[f"{name}.A"], state[f"{name}.B"]
+        live = torch.nonzero(g != 0).flatten()
+        if len(live):
+            a_out, b_out = a[live], b[:, live] * g[live].unsqueeze(0)
+        elif dora or (name == names[-1] and not rank_pattern):
+            a_out, b_out = a[:1], torch.zeros_like(b[:, :1])
+        else:
+            continue
+        key = f"{PEFT_PREFIX}{name}"
+        tensors[f"{key}.lora_A.weight"] = a_out.contiguous()
+        tensors[f"{key}.lora_B.weight"] = b_out.contiguous()
+        if dora:
+            tensors[f"{key}.lora_magnitude_vector"] = state[f"{name}.m"].contiguous()
+        rank_pattern[name] = int(a_out.shape[0])
+    top = max(rank_pattern.values())
+    config = {
+        "r": top,
+        "lora_alpha": scaling * top,
+        "target_modules": sorted(rank_pattern),
+        # anchored names: a pattern key is a regex matched at the end of a module's name
+        "rank_pattern": {f"^{re.escape(n)}$": r for n, r in rank_pattern.items()},
+        "alpha_pattern": {f"^{re.escape(n)}$": scaling * r for n, r in rank_pattern.items()},
+        "use_dora": dora,
+    }
+    return config, tensors
+
+
+def effective_params(state: dict[str, torch.Tensor]) -> int:
+    """Σ over modules of live ranks × (in + out), plus out (the magnitude vector) per DoRA module."""
+    total = 0
+    for name, live in live_ranks(state).items():
+        a, b = state[f"{name}.A"], state[f"{name}.B"]
+        total += live * (a.shape[1] + b.shape[0])
+        if f"{name}.m" in state:
+            total += state[f"{name}.m"].numel()
+    return total

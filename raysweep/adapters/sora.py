@@ -1,0 +1,165 @@
+"""SoRA and SDoRA: LoRA / DoRA with a learned sparse gate between A and B (maths in gating.py).
+
+Training: the gates are their own optimizer parameter group (own learning rate, no weight decay); after
+every optimizer step they take the proximal soft-threshold step g ← sign(g)·max(|g| − ξ, 0). By default
+ξ = lambda × the gates' current learning rate (`threshold: lr_scaled`, the proximal-gradient form of the
+SoRA paper, so ξ follows warmup and decay); `threshold: absolute` uses ξ = lambda every step. An optional
+schedule raises lambda over training, and an optional L1 term on the gates is added to the loss.
+
+Checkpoints and exports: dead ranks are pruned and g folded into B, so `adapter/` is an ordinary peft LoRA
+(sora) or DoRA (sdora) adapter with a per-module `rank_pattern`; the full gated state (A, B, g, m) is
+kept beside it for resuming.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from raysweep import metrics as M
+from raysweep.adapters.lora import LoraAdapter
+
+
+class GateOptions(BaseModel):
+    """Keys under `adapter:` for gated adapters (all may be grid axes, e.g. `adapter.lambda`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    lambda_: float = Field(0.1, ge=0, alias="lambda",
+                           description="sparsity strength ξ of the proximal soft threshold on the gates")
+    threshold: Literal["lr_scaled", "absolute"] = Field(
+        "lr_scaled", description="ξ per step: lambda × the gates' current lr (lr_scaled) or lambda itself (absolute)")
+    gate_lr: float | None = Field(None, gt=0, description="learning rate of the gates (null: train.lr); no weight decay")
+    gate_l1: float = Field(0.0, ge=0, description="weight of an optional L1 term gate_l1·Σ|g| added to the loss")
+    lambda_schedule: Literal["constant", "linear", "log_linear", "exp"] = Field(
+        "constant", description="raise lambda from `lambda` to `lambda_final` over training (sparsifying schedule)")
+    lambda_final: float | None = Field(None, gt=0, description="lambda at the end of training (with lambda_schedule)")
+
+    @model_validator(mode="after")
+    def _schedule_has_an_end(self) -> GateOptions:
+        if self.lambda_schedule != "constant":
+            if self.lambda_final is None:
+                raise ValueError(f"lambda_schedule {self.lambda_schedule!r} needs adapter.lambda_final "
+                                 "(the lambda reached at the end of training)")
+            if self.lambda_final < self.lambda_:
+                raise ValueError("adapter.lambda_final must be ≥ adapter.lambda (the schedule sparsifies: ξ rises)")
+            if self.lambda_schedule == "log_linear" and self.lambda_ <= 0:
+                raise ValueError("lambda_schedule 'log_linear' needs adapter.lambda > 0")
+        return self
+
+
+class SoraAdapter(LoraAdapter):
+    name = "sora"
+    description = "LoRA with a learned gate g between A and B (ΔW = B·diag(g)·A·s), sparsified by a proximal step"
+    Options = GateOptions
+    use_dora = False
+    SPARSITY_LOG = "sparsity.csv"  # in every checkpoint: step, overall, one column per adapted module
+
+    def __init__(self, cfg: dict[str, Any]):
+        super().__init__(cfg)
+        self.opts = GateOptions(**{k: v for k, v in cfg.items() if k in GateOptions.model_fields
+                                   or k in ("lambda",)})
+
+    @property
+    def scaling(self) -> float:
+        return self.cfg["alpha"] / self.cfg["r"]  # config.py resolves an empty alpha to 2·r
+
+    def build(self, model):
+        from raysweep.adapters import gating
+
+        model = super().build(model)
+        gating.add_gates(model)
+        return model
+
+    # --- training hooks ----------------------------------------------------------------------------
+    def param_groups(self, model, train_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+        from raysweep.adapters.gating import is_gate
+
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        return [
+            {"params": [p for n, p in named if not is_gate(n)], "lr": train_cfg["lr"],
+             "weight_decay": train_cfg["weight_decay"]},
+            {"params": [p for n, p in named if is_gate(n)], "lr": self.opts.gate_lr or train_cfg["lr"],
+             "weight_decay": 0.0, "name": "gates"},
+        ]
+
+    def threshold(self, optimizer, progress: float) -> float:
+        from raysweep.adapters.gating import threshold_at
+
+        lam = threshold_at(progress, self.opts.lambda_, self.opts.lambda_final, self.opts.lambda_schedule)
+        if self.opts.threshold == "absolute":
+            return lam
+        gate_lr = next(g["lr"] for g in optimizer.param_groups if g.get("name") == "gates")
+        return lam * gate_lr
+
+    def after_optimizer_step(self, model, optimizer, progress: float) -> None:
+        from raysweep.adapters.gating import gates, soft_threshold_
+
+        xi = self.threshold(optimizer, progress)
+        if xi > 0:
+            for g in gates(model):
+                soft_threshold_(g, xi)
+
+    def loss_penalty(self, model):
+        if not self.opts.gate_l1:
+            return None
+        from raysweep.adapters.gating import gates
+
+        return self.opts.gate_l1 * sum(g.abs().sum() for g in gates(model))
+
+    # --- metrics -----------------------------------------------------------------------------------
+    def metrics(self, model) -> dict[str, float]:
+        from raysweep.adapters import gating
+
+        out = super().metrics(model)
+        all_gates = [g.detach() for g in gating.gates(model)]
+        total = sum(g.numel() for g in all_gates)
+        out[M.ADAPTER_SPARSITY] = sum(int((g == 0).sum()) for g in all_gates) / total
+        out[M.ADAPTER_NEAR_ZERO_GATES] = sum(int((g.abs() < 1e-6).sum()) for g in all_gates)
+        out[M.ADAPTER_LIVE_RANKS] = total - sum(int((g == 0).sum()) for g in all_gates)
+        out[M.ADAPTER_EFFECTIVE_PARAMS] = gating.effective_params(self.state_dict(model))
+        return out
+
+    def layer_log(self, model) -> dict[str, float]:
+        """Fraction of dead gates per adapted module (the per-layer sparsity heatmap's columns)."""
+        from raysweep.adapters.gating import gate_of, lora_layers
+
+        return {name: float((gate_of(layer) == 0).float().mean()) for name, layer in lora_layers(model)}
+
+    # --- state, checkpoints, export ----------------------------------------------------------------
+    def state_dict(self, model) -> dict:
+        from raysweep.adapters.gating import state_dict
+
+        return state_dict(model)
+
+    def load_state_dict(self, model, state: dict) -> None:
+        from raysweep.adapters.gating import load_state_dict
+
+        load_state_dict(model, state)
+
+    def save(self, model, directory: Path, state: dict | None = None) -> None:
+        """The pruned, folded export as a plain peft adapter (state: this gated state instead of the model's)."""
+        from peft import LoraConfig
+        from safetensors.torch import save_file
+
+        from raysweep.adapters.gating import export
+
+        kwargs, tensors = export(state if state is not None else self.state_dict(model), self.scaling)
+        base = model.peft_config["default"]
+        config = LoraConfig(lora_dropout=self.cfg["dropout"], task_type="CAUSAL_LM",
+                            base_model_name_or_path=base.base_model_name_or_path, **kwargs)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(str(directory))
+        save_file(tensors, str(directory / "adapter_model.safetensors"))
+        (directory / "raysweep_export.json").write_text(json.dumps(
+            {"from": self.name, "pruned_and_folded": True, "rank_pattern": kwargs["rank_pattern"]}, indent=2))
+
+
+class SdoraAdapter(SoraAdapter):
+    name = "sdora"
+    description = "SoRA's gated update on DoRA (learned magnitude per output row on top of B·diag(g)·A·s)"
+    use_dora = True
