@@ -229,8 +229,13 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
         else:
             state["bad_evals"] += 1
 
+    def log_layers(overall: float) -> None:
+        if log_name:
+            layer_rows.append({"step": state["step"], "overall": overall} | adapter.layer_log(model))
+
     if state["step"] == 0:
         run_eval()  # the starting point, so every trial's improvement is measurable
+        log_layers(static.get(M.ADAPTER_SPARSITY, 0.0))
         report({}, with_checkpoint=False)
     elif resumed_metrics is not None:
         # report once right after resuming: a trial interrupted after its last step has nothing left
@@ -289,9 +294,7 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
             row = {M.TRAIN_LOSS: window_loss / window_n, M.TRAIN_LR: lr, M.TRAIN_EPOCH: epoch,
                    M.TRAIN_TOKENS_PER_S: window_tokens / max(window_time, 1e-9)}
             row |= adapter.metrics(model)
-            if log_name:
-                layer_rows.append({"step": state["step"], "overall": row.get(M.ADAPTER_SPARSITY, 0.0)}
-                                  | adapter.layer_log(model))
+            log_layers(row.get(M.ADAPTER_SPARSITY, 0.0))
             report(row, with_checkpoint=wants_checkpoint)
             window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
     return {"state": state, "eval": last_eval}

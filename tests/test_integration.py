@@ -270,3 +270,32 @@ print(json.dumps([[r["train/step"], r["eval/loss"]] for r in s.results if r["tra
     assert sorted(evals[0]) == [0, 10, 20, 30]
     assert evals[0] == evals[2] == fresh_evals
     assert evals[1] != evals[0]
+
+
+def test_adapters_grid_sparsity_rises_with_lambda_and_exports_reload(tmp_path, builtin_model_dir, builtin_task_files):
+    """search_spaces/adapters.yaml end to end: LoRA, DoRA, SoRA at three λ, SDoRA; higher λ -> higher
+    sparsity and fewer effective params; every gated trial has its per-layer sparsity log; every final
+    adapter (the pruned, folded export for gated ones) reloads in plain peft with the trial's eval loss."""
+    from raysweep import checkpointing
+
+    proc = run_cli("run", "search_spaces/adapters.yaml", "--storage", tmp_path / "runs", "--name", "ad")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "sparsity" in proc.stdout and "eff. params" in proc.stdout  # the live table shows them
+    rows = read_trials(tmp_path / "runs" / "ad")
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"TERMINATED"}
+    sora = sorted((float(json.loads(Path(r["trial_path"], "params.json").read_text())["cell"]["adapter.lambda"]), r)
+                  for r in rows if r["adapter.type"] == "sora")
+    sparsity = [float(r["adapter/sparsity"]) for _, r in sora]
+    effective = [int(r["adapter/effective_params"]) for _, r in sora]
+    assert [lam for lam, _ in sora] == [0.1, 0.3, 0.5]
+    assert 0 < sparsity[0] < sparsity[1] < sparsity[2] < 1, sparsity
+    assert effective[0] > effective[1] > effective[2], effective
+    for r in rows:
+        checkpoint = Path(r["checkpoint_path"])
+        assert float(r["eval/loss"]) < 0.1 * float(r["eval/initial_loss"])
+        if r["adapter.type"] in ("sora", "sdora"):
+            log = checkpointing.load_layer_log(checkpoint / "sparsity.csv")
+            assert log[0]["step"] == 0 and log[-1]["step"] == 300 and len(log[-1]) == 2 + 14
+            assert log[-1]["overall"] == pytest.approx(float(r["adapter/sparsity"]))
+            assert json.loads((checkpoint / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
+        assert eval_loss_of_saved_adapter(checkpoint) == pytest.approx(float(r["eval/loss"]), rel=1e-4), r["adapter.type"]
