@@ -135,7 +135,10 @@ def cmd_run(args) -> int:
     from raysweep.progress import ProgressCallback
 
     Path(experiment_path).mkdir(parents=True, exist_ok=True)
-    saved = dict(raw, name=name, storage=str(storage))
+    # the resolved executor is part of the experiment: `resume` must rebuild the same trainable even if
+    # what `auto` means changes in a later version
+    saved = dict(raw, name=name, storage=str(storage),
+                 resources={**(raw.get("resources") or {}), "executor": sweep.resources.resolved_executor()})
     (Path(experiment_path) / tune_driver.SWEEP_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
     tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose)
     at_once = tune_driver.slots(saved)

@@ -63,13 +63,19 @@ def load_trainer_state(directory: Path) -> dict[str, Any]:
 def load_adapter_state(directory: Path) -> dict:
     from safetensors.torch import load_file
 
-    return load_file(str(directory / ADAPTER_STATE))
+    path = directory / ADAPTER_STATE
+    if not path.is_file():  # checkpoints written before the training state was split from the export
+        path = directory / ADAPTER_DIR / "adapter_model.safetensors"
+    return load_file(str(path))
 
 
 def load_best_state(directory: Path) -> dict:
     from safetensors.torch import load_file
 
-    return load_file(str(directory / BEST_STATE))
+    path = directory / BEST_STATE
+    if not path.is_file():
+        path = directory / BEST_ADAPTER_DIR / "adapter_model.safetensors"
+    return load_file(str(path))
 
 
 def write_layer_log(path: Path, rows: list[dict]) -> None:
@@ -85,7 +91,7 @@ def load_layer_log(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with path.open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: int(v) if k == "step" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def load_metrics(directory: Path) -> dict[str, Any]:

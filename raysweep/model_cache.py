@@ -35,14 +35,19 @@ def enabled() -> bool:
 
 
 def _stamp(path: str | Path) -> tuple:
-    """(mtime, size) of a local file or directory's config.json, so edits on disk invalidate the cache."""
+    """(mtime, size) of a local file, or of a model directory's config and weight files, so rewriting any
+    of them on disk invalidates the cache (hub ids: empty; the hub cache is content-addressed)."""
     p = Path(path)
-    probe = p / "config.json" if p.is_dir() else p
-    try:
-        st = probe.stat()
-        return (st.st_mtime_ns, st.st_size)
-    except OSError:
-        return ()
+    files = [p] if p.is_file() else sorted(
+        f for pattern in ("config.json", "*.safetensors", "*.bin", "*.json") for f in p.glob(pattern)) if p.is_dir() else []
+    stamp = []
+    for f in dict.fromkeys(files):
+        try:
+            st = f.stat()
+            stamp.append((f.name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            continue
+    return tuple(stamp)
 
 
 def _model_key(model_cfg: dict[str, Any], source: str, device) -> tuple:
@@ -136,12 +141,17 @@ def splits(model_cfg: dict[str, Any], data_cfg: dict[str, Any], seed: int, data_
     return _splits[1], False
 
 
-def fingerprint(model) -> float:
-    """A cheap checksum of every parameter (tests: the cached base is unchanged by a trial)."""
+def fingerprint(model) -> str:
+    """A hash of every parameter's bytes and name (tests: the cached base is unchanged by a trial)."""
+    import hashlib
+
     import torch
 
-    with torch.no_grad():
-        return float(sum(p.double().abs().sum().item() * (i + 1) for i, p in enumerate(model.parameters())))
+    digest = hashlib.sha256()
+    for name, p in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def cached_base():

@@ -88,6 +88,14 @@ class TrainSession(Session):
 class TuneSession(Session):
     """Inside a plain Tune function trainable (one process per trial, possibly a reused actor)."""
 
+    def device(self):
+        import ray
+        import torch
+
+        # Ray sets CUDA_VISIBLE_DEVICES only for actors it gave GPUs; an actor that asked for none must not
+        # use one (it would share GPU 0 with other trials behind Ray's back)
+        return torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
+
     def report(self, metrics, checkpoint_dir=None):
         from ray import tune
 

@@ -111,6 +111,12 @@ def expand(base_raw: dict[str, Any]) -> tuple[C.Sweep, list[Trial]]:
                     issues.append(C.ConfigIssue(f"{prefix} {issue.path}".strip(), issue.message))
             if trial is not None:
                 trials.append(Trial(len(trials), g, cell, trial))
+    if sweep is not None and sweep.resources.resolved_executor() == "actor":
+        kept = sorted({t.config.train.keep_last for t in trials})
+        if len(kept) > 1:
+            issues.append(C.ConfigIssue("train.keep_last", (
+                f"the grid gives several values {kept}, but with the actor executor Tune keeps the same number "
+                "of checkpoints for every trial; use one value, or set resources.executor: train")))
     if issues:
         raise C.ConfigError(str(base_raw.get("name", "grid")), _dedupe(issues))
     return sweep, trials

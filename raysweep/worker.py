@@ -241,7 +241,8 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
         # report once right after resuming: a trial interrupted after its last step has nothing left
         # to run, and Tune may have lost its earlier results (DESIGN.md pitfalls)
         last_eval.update({k: v for k, v in resumed_metrics.items() if k.startswith("eval/")})
-        session.report(resumed_metrics)
+        session.report(resumed_metrics | {k: v for k, v in static.items() if k.startswith("sys/")}
+                       | {M.SYS_TIME: time.time(), M.SYS_MEM_MB: M.memory_mb()})
 
     batches = micro_batches(len(train_set), t["batch_size"], t["seed"], session.world_rank,
                             session.world_size, start=state["step"] * t["grad_accum_steps"])

@@ -114,6 +114,8 @@ BAD = [
     ("train: {max_steps: 10}\nadapter: {type: sora, lambda: -1}", [], ["adapter.lambda", "greater than or equal to 0"]),
     ("train: {max_steps: 10}\nadapter: {type: sdora, lambda_schedule: linear}", [],
      ["adapter", "needs adapter.lambda_final"]),
+    ("train: {max_steps: 10}\nadapter: {type: sora, lambda_final: 0.5}", [], ["adapter", "has no effect"]),
+    ("train: {max_steps: 10}\ngrid: {train.keep_last: [1, 3]}", [], ["train.keep_last", "resources.executor: train"]),
     ("train: {max_steps: 10}", ["train.lr"], ["train.lr", "key.path=value"]),
     ("train: {max_steps: 10\n  lr: 1", [], ["not valid YAML", "line"]),
     ("- a\n- b", [], ["top level must be a mapping"]),

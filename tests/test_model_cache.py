@@ -48,9 +48,12 @@ def test_fresh_view_shares_weights_but_not_flags_config_or_modules(builtin_model
 def test_trials_on_the_cached_base_match_uncached_trials_and_leave_it_unchanged(tmp_path, builtin_model_dir,
                                                                                 monkeypatch, adapter):
     cfg = trial_config(train={"max_steps": 20, "seed": 3}, adapter={"type": adapter})
+    model_cache.base_model(cfg["model"], torch.device("cpu"))  # the base as loaded, before any trial
+    before = model_cache.fingerprint(model_cache.cached_base())
+    model_cache.clear()
     first = LocalSession(tmp_path / "1")
     run_training(cfg, first)
-    before = model_cache.fingerprint(model_cache.cached_base())
+    assert model_cache.fingerprint(model_cache.cached_base()) == before
     second = LocalSession(tmp_path / "2")
     run_training(cfg, second)
     assert first.results[-1][M.SYS_BASE_CACHED] is False and second.results[-1][M.SYS_BASE_CACHED] is True
@@ -76,6 +79,6 @@ def test_one_base_per_process_evicted_when_the_key_changes(tmp_path, builtin_mod
     # rewriting the model on disk invalidates the entry too
     model_cache.base_model(llama | {"name_or_path": str(gpt2)}, torch.device("cpu"))
     cached = model_cache.cached_base()
-    os.utime(gpt2 / "config.json", ns=(1, 1))
+    os.utime(gpt2 / "model.safetensors", ns=(1, 1))  # weights rewritten, config untouched
     _, _, hit, _ = model_cache.base_model(llama | {"name_or_path": str(gpt2)}, torch.device("cpu"))
     assert not hit and model_cache.cached_base() is not cached

@@ -166,6 +166,17 @@ def export(state: dict[str, torch.Tensor], scaling: float) -> tuple[dict[str, An
     return config, tensors
 
 
+def live_effective_params(model) -> int:
+    """effective_params() of the live model, from gates and layer shapes (no copy of the weights)."""
+    total = 0
+    for _, layer in lora_layers(model):
+        live = int((gate_of(layer).detach() != 0).sum())
+        total += live * (layer.in_features + layer.out_features)
+        if ADAPTER in getattr(layer, "lora_magnitude_vector", {}):
+            total += layer.out_features
+    return total
+
+
 def effective_params(state: dict[str, torch.Tensor]) -> int:
     """Σ over modules of live ranks × (in + out), plus out (the magnitude vector) per DoRA module."""
     total = 0

@@ -40,6 +40,9 @@ class GateOptions(BaseModel):
 
     @model_validator(mode="after")
     def _schedule_has_an_end(self) -> GateOptions:
+        if self.lambda_schedule == "constant" and self.lambda_final is not None:
+            raise ValueError("adapter.lambda_final has no effect with lambda_schedule 'constant'; "
+                             "set adapter.lambda_schedule (linear | log_linear | exp) or remove lambda_final")
         if self.lambda_schedule != "constant":
             if self.lambda_final is None:
                 raise ValueError(f"lambda_schedule {self.lambda_schedule!r} needs adapter.lambda_final "
@@ -120,7 +123,7 @@ class SoraAdapter(LoraAdapter):
         out[M.ADAPTER_SPARSITY] = sum(int((g == 0).sum()) for g in all_gates) / total
         out[M.ADAPTER_NEAR_ZERO_GATES] = sum(int((g.abs() < 1e-6).sum()) for g in all_gates)
         out[M.ADAPTER_LIVE_RANKS] = total - sum(int((g == 0).sum()) for g in all_gates)
-        out[M.ADAPTER_EFFECTIVE_PARAMS] = gating.effective_params(self.state_dict(model))
+        out[M.ADAPTER_EFFECTIVE_PARAMS] = gating.live_effective_params(model)
         return out
 
     def layer_log(self, model) -> dict[str, float]:
