@@ -27,7 +27,6 @@ from typing import Any
 
 _base: tuple[tuple, Any, Any] | None = None  # (key, model, tokenizer)
 _splits: tuple[tuple, Any] | None = None  # (key, (train, eval))
-stats = {"base_hits": 0, "base_misses": 0, "data_hits": 0, "data_misses": 0}
 
 
 def enabled() -> bool:
@@ -108,10 +107,7 @@ def base_model(model_cfg: dict[str, Any], device) -> tuple[Any, Any, bool, float
         model, tokenizer = models.load(model_cfg)
         return model.to(device), tokenizer, False, time.perf_counter() - t0
     hit = _base is not None and _base[0] == key
-    if hit:
-        stats["base_hits"] += 1
-    else:
-        stats["base_misses"] += 1
+    if not hit:
         clear()  # one base per process: free the old one before loading the next
         model, tokenizer = models.load(model_cfg)
         model.to(device)
@@ -133,9 +129,7 @@ def splits(model_cfg: dict[str, Any], data_cfg: dict[str, Any], seed: int, data_
     key = (source, _stamp(source), json.dumps(data_cfg, sort_keys=True), seed,
            tuple((f, _stamp(f)) for f in data_files))
     if _splits is not None and _splits[0] == key:
-        stats["data_hits"] += 1
         return _splits[1], True
-    stats["data_misses"] += 1
     _splits = None
     _splits = (key, build())
     return _splits[1], False

@@ -121,10 +121,6 @@ def module_names(state: dict[str, torch.Tensor]) -> list[str]:
     return list(dict.fromkeys(k.rsplit(".", 1)[0] for k in state))
 
 
-def live_ranks(state: dict[str, torch.Tensor]) -> dict[str, int]:
-    return {name: int((state[f"{name}.g"] != 0).sum()) for name in module_names(state)}
-
-
 def export(state: dict[str, torch.Tensor], scaling: float) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Prune dead ranks and fold g into B: (LoraConfig keyword arguments, peft-format tensors).
 
@@ -166,23 +162,13 @@ def export(state: dict[str, torch.Tensor], scaling: float) -> tuple[dict[str, An
     return config, tensors
 
 
-def live_effective_params(model) -> int:
-    """effective_params() of the live model, from gates and layer shapes (no copy of the weights)."""
+def effective_params(model) -> int:
+    """Σ over adapted modules of live ranks × (in + out), plus out (the magnitude vector) per DoRA module;
+    from gates and layer shapes, so a report copies no weights."""
     total = 0
     for _, layer in lora_layers(model):
         live = int((gate_of(layer).detach() != 0).sum())
         total += live * (layer.in_features + layer.out_features)
         if ADAPTER in getattr(layer, "lora_magnitude_vector", {}):
             total += layer.out_features
-    return total
-
-
-def effective_params(state: dict[str, torch.Tensor]) -> int:
-    """Σ over modules of live ranks × (in + out), plus out (the magnitude vector) per DoRA module."""
-    total = 0
-    for name, live in live_ranks(state).items():
-        a, b = state[f"{name}.A"], state[f"{name}.B"]
-        total += live * (a.shape[1] + b.shape[0])
-        if f"{name}.m" in state:
-            total += state[f"{name}.m"].numel()
     return total

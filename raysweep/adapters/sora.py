@@ -123,7 +123,7 @@ class SoraAdapter(LoraAdapter):
         out[M.ADAPTER_SPARSITY] = sum(int((g == 0).sum()) for g in all_gates) / total
         out[M.ADAPTER_NEAR_ZERO_GATES] = sum(int((g.abs() < 1e-6).sum()) for g in all_gates)
         out[M.ADAPTER_LIVE_RANKS] = total - sum(int((g == 0).sum()) for g in all_gates)
-        out[M.ADAPTER_EFFECTIVE_PARAMS] = gating.live_effective_params(model)
+        out[M.ADAPTER_EFFECTIVE_PARAMS] = gating.effective_params(model)
         return out
 
     def layer_log(self, model) -> dict[str, float]:
