@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", help="summarise a finished (or partial) experiment")
     analyze.add_argument("experiment")
+    analyze.add_argument("--out", default=None, help="where tables go (default: the experiment directory)")
+    analyze.add_argument("--objectives", nargs="+", default=None, metavar="METRIC[:min|max]",
+                         help="Pareto objectives (default: adapter/effective_params:min eval/loss:min)")
     return p
 
 
@@ -179,12 +182,31 @@ def cmd_resume(args) -> int:
 
 def cmd_analyze(args) -> int:
     from analysis.load import ResultsError, load_trials, print_overview
+    from analysis.pareto import parse_objectives
+    from analysis.summary import DEFAULT_OBJECTIVES, write_summaries
 
     try:
         frame = load_trials(args.experiment)
     except ResultsError as exc:
         raise BadInput(str(exc)) from None
     print_overview(console, frame, args.experiment)
+    if frame.empty:
+        return 0
+    out = Path(args.out).expanduser() if args.out else Path(args.experiment).expanduser()
+    try:
+        objectives = parse_objectives(args.objectives) if args.objectives else None
+        written = write_summaries(frame, out, objectives)
+    except (KeyError, ValueError) as exc:
+        raise BadInput(f"analyze: {exc.args[0] if exc.args else exc}; name metrics as in trials.csv, "
+                       "e.g. --objectives adapter/effective_params:min eval/loss:min") from None
+    front = written["front"]
+    console.print(f"Pareto front ({', '.join(f'{k} {v}' for k, v in (objectives or DEFAULT_OBJECTIVES).items())}): "
+                  f"{len(front)} of {written['configurations']} configuration(s) are non-dominated; "
+                  f"wrote {written['summary_table']} and {written['pareto']}")
+    if len(written["excluded"]):
+        console.print(f"left out of the front (missing or non-finite objective): {len(written['excluded'])}")
+    if written["unfinished"]:
+        console.print(f"{written['unfinished']} trial(s) not finished: not in the tables")
     return 0
 
 

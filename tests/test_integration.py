@@ -107,6 +107,20 @@ def test_analyze_reads_the_experiment(quickstart):
     frame = pd.read_csv(experiment / "summary.csv")
     assert len(frame) == 8 and set(frame["status"]) == {"TERMINATED"}
     assert frame["eval/loss"].notna().all()
+    # means over the two seeds per (adapter, rank), and the Pareto front of effective params vs eval loss
+    table = pd.read_csv(experiment / "summary_table.csv")
+    assert len(table) == 4 and set(table["n"]) == {2} and not table["fewer_seeds"].any()
+    lora16 = frame[(frame["adapter.type"] == "lora") & (frame["adapter.r"] == 16)]["eval/loss"]
+    row = table[(table["cell/adapter.type"] == "lora") & (table["cell/adapter.r"] == 16)].iloc[0]
+    assert row["eval/loss mean"] == pytest.approx(lora16.mean()) and row["eval/loss std"] == pytest.approx(lora16.std())
+    pareto = pd.read_csv(experiment / "pareto.csv")
+    points = list(zip(pareto["adapter/effective_params mean"], pareto["eval/loss mean"], strict=True))
+    for (p, loss), flag in zip(points, pareto["on_front"], strict=True):
+        dominated = any(q <= p and l2 <= loss and (q < p or l2 < loss) for q, l2 in points)
+        assert flag == (not dominated)
+    assert "Pareto front (adapter/effective_params min, eval/loss min)" in proc.stdout
+    bad = run_cli("analyze", experiment, "--objectives", "eval/nope")
+    assert bad.returncode == 2 and "eval/nope" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_quickstart_reuses_actors_and_their_cached_base_model(quickstart):

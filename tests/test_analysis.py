@@ -1,0 +1,65 @@
+"""Pure analysis functions on hand-built tables: Pareto fronts and aggregation over seeds."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from analysis.aggregate import over_seeds
+from analysis.pareto import pareto_front, parse_objectives
+
+INF, NAN = math.inf, math.nan
+
+# (points, directions, expected on-front flags, expected excluded positions)
+PARETO = [
+    ([[1], [2], [0.5]], ["min"], [False, False, True], []),  # one objective: the best only
+    ([[1], [2], [2]], ["max"], [False, True, True], []),  # ties on the best are all on the front
+    ([[1, 5], [2, 4], [3, 3], [2, 5], [4, 4]], ["min", "min"], [True, True, True, False, False], []),
+    ([[1, 1], [1, 1], [2, 2]], ["min", "min"], [True, True, False], []),  # identical points: both kept
+    ([[1, 5], [2, 4], [3, 3]], ["min", "max"], [True, False, False], []),  # mixed directions: (1, 5) wins both
+    ([[1, 5], [2, 6], [3, 3]], ["min", "max"], [True, True, False], []),
+    ([[1, NAN], [2, 2], [INF, 0], [3, 1]], ["min", "min"], [False, True, False, True], [0, 2]),  # non-finite out
+    ([[-INF, 1], [1, 1]], ["min", "min"], [False, True], [0]),
+    ([[1, 2, 3], [2, 1, 3], [2, 2, 2], [3, 3, 3]], ["min", "min", "min"], [True, True, True, False], []),
+    ([[1, 2, 3], [1, 2, 4]], ["min", "min", "max"], [False, True], []),
+]
+
+
+@pytest.mark.parametrize(("points", "directions", "expected", "excluded"), PARETO)
+def test_pareto_front(points, directions, expected, excluded):
+    names = [f"o{i}" for i in range(len(directions))]
+    frame = pd.DataFrame(points, columns=names, index=[f"t{i}" for i in range(len(points))])
+    front = pareto_front(frame, dict(zip(names, directions, strict=True)))
+    assert front.on_front.tolist() == expected
+    assert list(front.excluded) == [f"t{i}" for i in excluded]
+
+
+def test_pareto_errors_name_the_objective():
+    frame = pd.DataFrame({"a": [1.0]})
+    with pytest.raises(KeyError, match="'b' is not a column"):
+        pareto_front(frame, {"b": "min"})
+    with pytest.raises(ValueError, match="'min' or 'max'"):
+        pareto_front(frame, {"a": "lowest"})
+
+
+def test_parse_objectives():
+    assert parse_objectives(["adapter/effective_params:min", "eval/accuracy:max", "eval/loss"]) == {
+        "adapter/effective_params": "min", "eval/accuracy": "max", "eval/loss": "min"}
+
+
+def test_over_seeds_groups_every_axis_but_seed_and_marks_missing_seeds():
+    frame = pd.DataFrame({
+        "cell/adapter.type": ["lora", "lora", "lora", "dora", "dora", "sora"],
+        "cell/adapter.lambda": [NAN, NAN, NAN, NAN, NAN, 0.3],
+        "cell/train.seed": [0, 1, 2, 0, 1, 0],
+        "eval/loss": [1.0, 2.0, 3.0, 4.0, "6.0", 5.0],
+    })
+    out = over_seeds(frame, ["eval/loss"]).set_index("cell/adapter.type")
+    assert out.loc["lora", "n"] == 3 and out.loc["lora", "eval/loss mean"] == 2.0
+    assert out.loc["lora", "eval/loss std"] == pytest.approx(1.0)
+    assert out.loc["dora", "eval/loss mean"] == 5.0 and out.loc["dora", "eval/loss std"] == pytest.approx(math.sqrt(2))
+    assert math.isnan(out.loc["sora", "eval/loss std"])  # one seed: no spread
+    assert out["fewer_seeds"].to_dict() == {"dora": True, "lora": False, "sora": True}
+    assert "cell/train.seed" not in out.reset_index().columns
