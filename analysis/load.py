@@ -65,7 +65,7 @@ def load_trials(experiment: str | Path) -> pd.DataFrame:
     return frame
 
 
-def print_overview(console, frame: pd.DataFrame, experiment: str) -> None:
+def print_overview(console, frame: pd.DataFrame, experiment: str, out: Path | None = None) -> None:
     from rich.table import Table
 
     if frame.empty:
@@ -79,6 +79,7 @@ def print_overview(console, frame: pd.DataFrame, experiment: str) -> None:
     for _, row in frame[cols].iterrows():
         table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
     console.print(table)
-    out = Path(experiment).expanduser() / "summary.csv"
+    out = (out or Path(experiment).expanduser()) / "summary.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     console.print(f"wrote {out}")

@@ -189,10 +189,10 @@ def cmd_analyze(args) -> int:
         frame = load_trials(args.experiment)
     except ResultsError as exc:
         raise BadInput(str(exc)) from None
-    print_overview(console, frame, args.experiment)
+    out = Path(args.out).expanduser() if args.out else Path(args.experiment).expanduser()
+    print_overview(console, frame, args.experiment, out)
     if frame.empty:
         return 0
-    out = Path(args.out).expanduser() if args.out else Path(args.experiment).expanduser()
     try:
         objectives = parse_objectives(args.objectives) if args.objectives else None
         written = write_summaries(frame, out, objectives)
