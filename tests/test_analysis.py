@@ -63,3 +63,24 @@ def test_over_seeds_groups_every_axis_but_seed_and_marks_missing_seeds():
     assert math.isnan(out.loc["sora", "eval/loss std"])  # one seed: no spread
     assert out["fewer_seeds"].to_dict() == {"dora": True, "lora": False, "sora": True}
     assert "cell/train.seed" not in out.reset_index().columns
+
+
+def test_tables_bold_the_best_mean_per_column_and_mark_missing_seeds():
+    from analysis.tables import to_latex, to_markdown
+
+    frame = pd.DataFrame({
+        "cell/adapter.type": ["lora", "lora", "dora", "dora", "sora"],
+        "cell/train.seed": [0, 1, 0, 1, 0],
+        "eval/loss": [0.5, 0.7, 0.4, 0.4, 0.9],
+        "eval/accuracy": [0.9, 0.8, 0.7, 0.7, 0.95],
+    })
+    table = over_seeds(frame, ["eval/loss", "eval/accuracy"])  # rows sorted: dora, lora, sora
+    md = to_markdown(table, ["eval/loss", "eval/accuracy"]).splitlines()
+    assert md[0] == "| adapter.type | n | eval/loss | eval/accuracy |"
+    assert md[2] == "| dora | 2 | **0.4 ± 0** | 0.7 ± 0 |"  # lowest loss
+    assert md[3] == "| lora | 2 | 0.6 ± 0.1414 | 0.85 ± 0.07071 |"
+    assert md[4] == "| sora | 1* | 0.9 | **0.95** |"  # highest accuracy; one seed: no ± and marked
+    tex = to_latex(table, ["eval/loss", "eval/accuracy"], "cap_tion")
+    assert r"\toprule" in tex and r"\bottomrule" in tex and r"\begin{tabular}{llrr}" in tex
+    assert r"dora & 2 & \textbf{0.4 $\pm$ 0} & 0.7 $\pm$ 0 \\" in tex
+    assert r"eval/loss & eval/accuracy" in tex and r"\caption{cap\_tion}" in tex

@@ -119,6 +119,9 @@ def test_analyze_reads_the_experiment(quickstart):
         dominated = any(q <= p and l2 <= loss and (q < p or l2 < loss) for q, l2 in points)
         assert flag == (not dominated)
     assert "Pareto front (adapter/effective_params min, eval/loss min)" in proc.stdout
+    tex = (experiment / "summary_table.tex").read_text()
+    assert r"\toprule" in tex and tex.count(r"\textbf{") >= 2 and tex.count(r" \\") == 5  # header + 4 rows
+    assert (experiment / "summary_table.md").read_text().count("\n") == 6
     bad = run_cli("analyze", experiment, "--objectives", "eval/nope")
     assert bad.returncode == 2 and "eval/nope" in bad.stderr and "Traceback" not in bad.stderr
 
