@@ -8,7 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.aggregate import config_axes, over_seeds
+from analysis.history import load_history
 from analysis.pareto import pareto_front
+from analysis.plots import curves, frontier, sparsity_heatmap
+from analysis.report import write_report
 from analysis.tables import to_latex, to_markdown
 
 DEFAULT_OBJECTIVES = {"adapter/effective_params": "min", "eval/loss": "min"}
@@ -35,7 +38,34 @@ def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] |
         raise KeyError(f"objective(s) {', '.join(missing)} not reported by any finished trial")
     front = pareto_front(means, objectives)
     table.assign(on_front=front.on_front).to_csv(out / "pareto.csv", index=False)
-    return {"summary_table": out / "summary_table.csv", "pareto": out / "pareto.csv",
+    figures = write_figures(frame, table, objectives, front.on_front, out)
+    notes = [f"{len(frame)} trial(s), {len(finished)} finished; {len(table)} configuration(s)."]
+    if len(front.excluded):
+        notes.append(f"{len(front.excluded)} configuration(s) left out of the front (missing or non-finite objective).")
+    write_report(out / "report.html", title=f"raysweep: {Path(str(frame['trial_path'].iloc[0])).parent.name}",
+                 table=table, metrics=shown, objectives=objectives, on_front=front.on_front, figures=figures,
+                 notes=notes)
+    return {"report": out / "report.html", "figures": figures,"summary_table": out / "summary_table.csv", "pareto": out / "pareto.csv",
             "markdown": (out / "summary_table.md").read_text(),
             "front": table[front.on_front], "excluded": table.loc[front.excluded],
             "configurations": len(table), "unfinished": len(frame) - len(finished)}
+
+
+def write_figures(frame: pd.DataFrame, table: pd.DataFrame, objectives: dict[str, str], on_front: pd.Series,
+                  out: Path) -> list[Path]:
+    """frontier.png (first two objectives), curves_<metric>.png, and a sparsity heatmap per gated trial."""
+    figures = []
+    names = list(objectives)
+    if len(names) >= 2:
+        figures.append(frontier(table, names[0], names[1], on_front, out / "frontier.png"))
+    history = load_history(frame)
+    for metric in ("eval/loss", "train/loss"):
+        if metric in history and history[metric].notna().any():
+            figures.append(curves(history, metric, out / f"curves_{metric.replace('/', '_')}.png"))
+    for _, trial in frame.iterrows():
+        log = Path(str(trial.get("checkpoint_path", ""))) / "sparsity.csv"
+        if trial.get("checkpoint_path") and isinstance(trial["checkpoint_path"], str) and log.is_file():
+            title = f"{trial['trial_id']} {trial.get('adapter.type', '')} " + ", ".join(
+                f"{c.removeprefix('cell/')}={trial[c]}" for c in frame.columns if c.startswith("cell/") and pd.notna(trial[c]))
+            figures.append(sparsity_heatmap(pd.read_csv(log), title, out / f"sparsity_{trial['trial_id']}.png"))
+    return figures

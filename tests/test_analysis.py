@@ -84,3 +84,16 @@ def test_tables_bold_the_best_mean_per_column_and_mark_missing_seeds():
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"\begin{tabular}{llrr}" in tex
     assert r"dora & 2 & \textbf{0.4 $\pm$ 0} & 0.7 $\pm$ 0 \\" in tex
     assert r"eval/loss & eval/accuracy" in tex and r"\caption{cap\_tion}" in tex
+
+
+def test_recommendation_lists_the_front_by_budget():
+    from analysis.report import recommendation
+
+    table = pd.DataFrame({"cell/adapter.type": ["a", "b", "c"], "n": [2, 2, 1],
+                          "params mean": [10.0, 20.0, 30.0], "loss mean": [0.5, 0.6, 0.2], "loss std": [0.1, 0.0, NAN]})
+    front = pareto_front(table.rename(columns={"params mean": "params", "loss mean": "loss"}),
+                         {"params": "min", "loss": "min"})
+    assert front.on_front.tolist() == [True, False, True]
+    lines = recommendation(table, front.on_front, {"params": "min", "loss": "min"})
+    assert lines == ["params ≤ 10: type=a — loss 0.5 ± 0.1 over 2 seed(s)",
+                     "params ≤ 30: type=c — loss 0.2 over 1 seed(s)"]

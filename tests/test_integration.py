@@ -122,6 +122,11 @@ def test_analyze_reads_the_experiment(quickstart):
     tex = (experiment / "summary_table.tex").read_text()
     assert r"\toprule" in tex and tex.count(r"\textbf{") >= 2 and tex.count(r" \\") == 5  # header + 4 rows
     assert (experiment / "summary_table.md").read_text().count("\n") == 6
+    report = (experiment / "report.html").read_text()
+    assert "http" not in report.replace("http-equiv", "")  # self-contained: no network
+    assert report.count("data:image/png;base64,") == 3  # frontier + eval and train loss curves
+    assert "Pareto-optimal configuration per budget" in report and "adapter/effective_params ≤" in report
+    assert (experiment / "frontier.png").stat().st_size > 10_000
     bad = run_cli("analyze", experiment, "--objectives", "eval/nope")
     assert bad.returncode == 2 and "eval/nope" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -316,3 +321,12 @@ def test_adapters_grid_sparsity_rises_with_lambda_and_exports_reload(tmp_path, b
             assert log[-1]["overall"] == pytest.approx(float(r["adapter/sparsity"]))
             assert json.loads((checkpoint / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
         assert eval_loss_of_saved_adapter(checkpoint) == pytest.approx(float(r["eval/loss"]), rel=1e-4), r["adapter.type"]
+    # analysis: one per-layer sparsity heatmap per gated trial, the sora λ points on the frontier
+    analyzed = run_cli("analyze", tmp_path / "runs" / "ad")
+    assert analyzed.returncode == 0, analyzed.stderr[-3000:]
+    assert len(list((tmp_path / "runs" / "ad").glob("sparsity_*.png"))) == 4
+    import pandas as pd
+
+    pareto = pd.read_csv(tmp_path / "runs" / "ad" / "pareto.csv")
+    assert set(pareto[pareto["on_front"]]["cell/adapter.type"]) <= {"sora", "sdora", "lora"}
+    assert pareto[pareto["on_front"]]["adapter/effective_params mean"].min() == min(effective)

@@ -1,0 +1,89 @@
+"""Figures for papers (PNG, readable at column width): the frontier, curves over steps with seed bands, and
+the per-layer sparsity heatmap of a gated trial. Each function draws one figure from a DataFrame and saves it.
+matplotlib is imported inside the functions (Agg backend), so loading `analysis` stays light."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.aggregate import config_axes
+
+SEED = "cell/train.seed"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "figure.dpi": 150, "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def label(row: pd.Series, axes: list[str]) -> str:
+    return ", ".join(f"{a.removeprefix('cell/').split('.')[-1]}={row[a]}" for a in axes if pd.notna(row[a]))
+
+
+def frontier(table: pd.DataFrame, x: str, y: str, on_front: pd.Series, path: Path) -> Path:
+    """Configurations as points (mean ± std over seeds as error bars), the non-dominated ones joined."""
+    plt = _plt()
+    axes = config_axes(table)
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    xm, ym = table[f"{x} mean"], table[f"{y} mean"]
+    ax.errorbar(xm, ym, xerr=table.get(f"{x} std"), yerr=table.get(f"{y} std"), fmt="o", ms=4, color="0.55",
+                ecolor="0.75", capsize=2, label="configuration")
+    front = table[on_front.to_numpy()].sort_values(f"{x} mean")
+    ax.plot(front[f"{x} mean"], front[f"{y} mean"], "-o", color="C3", ms=5, label="Pareto front")
+    for _, row in front.iterrows():
+        ax.annotate(label(row, axes), (row[f"{x} mean"], row[f"{y} mean"]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def curves(history: pd.DataFrame, metric: str, path: Path) -> Path:
+    """`metric` over steps per configuration: mean line with a ±std band over seeds."""
+    plt = _plt()
+    data = history.dropna(subset=[metric])
+    axes = [a for a in config_axes(data) if a != "status"]
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    for i, (key, group) in enumerate(data.groupby(axes, dropna=False) if axes else [((), data)]):
+        stats = group.groupby("train/step")[metric].agg(["mean", "std"]).reset_index()
+        name = ", ".join(f"{a.removeprefix('cell/').split('.')[-1]}={v}" for a, v in
+                         zip(axes, key if isinstance(key, tuple) else (key,), strict=True) if pd.notna(v))
+        ax.plot(stats["train/step"], stats["mean"], color=f"C{i % 10}", lw=1.2, label=name)
+        ax.fill_between(stats["train/step"], stats["mean"] - stats["std"].fillna(0),
+                        stats["mean"] + stats["std"].fillna(0), color=f"C{i % 10}", alpha=0.2, lw=0)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def sparsity_heatmap(log: pd.DataFrame, title: str, path: Path) -> Path:
+    """Fraction of dead gates per adapted module (rows) over steps (columns), from a trial's sparsity.csv."""
+    plt = _plt()
+    modules = [c for c in log.columns if c not in ("step", "overall")]
+    fig, ax = plt.subplots(figsize=(4.8, 0.25 * len(modules) + 1.2))
+    image = ax.imshow(log[modules].to_numpy().T, aspect="auto", vmin=0, vmax=1, cmap="viridis",
+                      extent=(log["step"].min(), log["step"].max(), len(modules) - 0.5, -0.5))
+    ax.set_yticks(range(len(modules)), [m.removeprefix("model.") for m in modules], fontsize=6)
+    ax.set_xlabel("step")
+    ax.set_title(title, fontsize=8)
+    ax.grid(False)
+    fig.colorbar(image, ax=ax, label="sparsity")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
