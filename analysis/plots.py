@@ -23,6 +23,16 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, ax, xlabel: str, ylabel: str, path: Path, legend_size: int) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def label(row: pd.Series, axes: list[str]) -> str:
     return ", ".join(f"{a.removeprefix('cell/').split('.')[-1]}={row[a]}" for a in axes if pd.notna(row[a]))
 
@@ -40,13 +50,7 @@ def frontier(table: pd.DataFrame, x: str, y: str, on_front: pd.Series, path: Pat
     for _, row in front.iterrows():
         ax.annotate(label(row, axes), (row[f"{x} mean"], row[f"{y} mean"]), fontsize=6, xytext=(3, 3),
                     textcoords="offset points")
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, x, y, path, legend_size=7)
 
 
 def curves(history: pd.DataFrame, metric: str, path: Path) -> Path:
@@ -62,13 +66,7 @@ def curves(history: pd.DataFrame, metric: str, path: Path) -> Path:
         ax.plot(stats["train/step"], stats["mean"], color=f"C{i % 10}", lw=1.2, label=name)
         ax.fill_between(stats["train/step"], stats["mean"] - stats["std"].fillna(0),
                         stats["mean"] + stats["std"].fillna(0), color=f"C{i % 10}", alpha=0.2, lw=0)
-    ax.set_xlabel("step")
-    ax.set_ylabel(metric)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, "step", metric, path, legend_size=6)
 
 
 def sparsity_heatmap(log: pd.DataFrame, title: str, path: Path) -> Path:
