@@ -174,7 +174,7 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     best_adapter_state = None
     resumed_metrics: dict[str, Any] | None = None
     # per-module history (e.g. gate sparsity per layer), written into every checkpoint
-    log_name = getattr(adapter, "SPARSITY_LOG", None) if adapter.layer_log(model) is not None else None
+    log_name = adapter.LAYER_LOG
     layer_rows: list[dict[str, float]] = []
     with session.latest_checkpoint() as ckpt:
         if ckpt is not None:  # resume: adapter weights, optimizer, schedule, data position, RNG

@@ -26,6 +26,8 @@ class Adapter:
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = NoOptions
+    # file name of the per-module log written into every checkpoint (None: layer_log() is not used)
+    LAYER_LOG: ClassVar[str | None] = None
 
     def __init__(self, cfg: dict[str, Any]):
         # cfg: the trial's resolved `adapter:` section (common keys + this family's options)
@@ -48,7 +50,7 @@ class Adapter:
         """Called after every optimizer step (e.g. proximal steps on gates); progress = step / total ∈ (0, 1]."""
 
     def layer_log(self, model) -> dict[str, float] | None:
-        """Per-module values logged with every eval/log report into a per-trial CSV (None: no log)."""
+        """Per-module values logged with every eval/log report into the LAYER_LOG csv (None: no log)."""
         return None
 
     def metrics(self, model) -> dict[str, float]:

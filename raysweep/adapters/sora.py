@@ -59,7 +59,7 @@ class SoraAdapter(LoraAdapter):
     description = "LoRA with a learned gate g between A and B (ΔW = B·diag(g)·A·s), sparsified by a proximal step"
     Options = GateOptions
     use_dora = False
-    SPARSITY_LOG = "sparsity.csv"  # in every checkpoint: step, overall, one column per adapted module
+    LAYER_LOG = "sparsity.csv"  # in every checkpoint: step, overall, one column per adapted module
 
     def __init__(self, cfg: dict[str, Any]):
         super().__init__(cfg)
