@@ -37,16 +37,25 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    task: Literal["builtin", "chat", "text"] = Field(
+    task: Literal["builtin", "chat", "text", "tokens", "builtin_tokens"] = Field(
         "builtin",
-        description="'builtin' (generated chat task), 'chat' (JSONL with messages) or 'text' (plain text)",
+        description="'builtin' (generated chat task), 'chat' (JSONL with messages), 'text' (plain text), "
+        "'tokens' (nanoGPT train.bin/val.bin in data.data_dir) or 'builtin_tokens' (generated token files, "
+        "builtin tokenizer)",
     )
     train_file: str | None = Field(None, description="path of the training file (chat JSONL or .txt)")
+    data_dir: str | None = Field(
+        None,
+        description="task 'tokens': directory with train.bin and val.bin (flat uint16 token ids, nanoGPT "
+        "format) and optionally train_eot.npy / val_eot.npy (end-of-text positions)",
+    )
     validation_file: str | None = Field(
         None, description="path of the validation file; if empty, validation_split of train is held out"
     )
     validation_split: float = Field(0.1, gt=0, lt=1, description="held-out fraction when no validation_file")
-    max_seq_len: int = Field(128, gt=0, description="examples are truncated to this many tokens")
+    max_seq_len: int = Field(
+        128, gt=0, description="examples are truncated to this many tokens (text/tokens: the block length)"
+    )
     max_train_examples: int | None = Field(None, gt=0, description="use at most this many train examples")
     max_eval_examples: int | None = Field(None, gt=0, description="use at most this many eval examples")
 
@@ -54,6 +63,9 @@ class DataConfig(_Section):
     def _files_match_task(self) -> DataConfig:
         if self.task in ("chat", "text") and not self.train_file:
             raise ValueError(f"data.task '{self.task}' needs data.train_file: set it to your training file")
+        if self.task == "tokens" and not self.data_dir:
+            raise ValueError("data.task 'tokens' needs data.data_dir: set it to the directory holding "
+                             "train.bin and val.bin")
         return self
 
 
