@@ -11,6 +11,8 @@ A checkpoint directory (adapter weights only, small):
   <layer log>.csv    per-module log history up to this step, if the adapter keeps one (sparsity.csv)
   trial_config.json  the resolved trial config
   metrics.json       the metrics reported with this checkpoint
+  <report>.json      final checkpoint only: the adapter's end-of-training reports (validation_report.json
+                     of masked trials, bounds.json of SubLoRA trials)
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ METRICS = "metrics.json"
 
 
 def save(directory: Path, *, adapter, model, best_state: dict | None, trainer_state: dict[str, Any],
-         config: dict[str, Any], metrics: dict[str, Any], layer_log: tuple[str, list[dict]] | None = None) -> Path:
+         config: dict[str, Any], metrics: dict[str, Any], layer_log: tuple[str, list[dict]] | None = None,
+         reports: dict[str, Any] | None = None) -> Path:
     import torch
     from safetensors.torch import save_file
 
@@ -50,6 +53,8 @@ def save(directory: Path, *, adapter, model, best_state: dict | None, trainer_st
     torch.save(trainer_state, directory / TRAINER_STATE)
     (directory / TRIAL_CONFIG).write_text(json.dumps(config, indent=2))
     (directory / METRICS).write_text(json.dumps(metrics, indent=2, default=float))
+    for name, report in (reports or {}).items():  # end-of-training reports (validation_report.json, bounds.json)
+        (directory / name).write_text(json.dumps(report, indent=2, default=float))
     return directory
 
 

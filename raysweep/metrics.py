@@ -33,6 +33,12 @@ ADAPTER_TOTAL_PARAMS = "adapter/base_params"
 ADAPTER_SPARSITY = "adapter/sparsity"  # gated adapters: fraction of gates exactly zero
 ADAPTER_NEAR_ZERO_GATES = "adapter/near_zero_gates"  # gates with |g| < 1e-6 (zero included)
 ADAPTER_LIVE_RANKS = "adapter/live_ranks"  # gates not exactly zero, summed over modules
+MASK_TARGET_SPARSITY = "mask/target_sparsity"  # masked adapter: requested fraction of pruned weights
+MASK_ACHIEVED_SPARSITY = "mask/achieved_sparsity"  # fraction of positions the mask prunes (over pruned layers)
+MASK_VIOLATIONS = "mask/violations"  # merged weights nonzero where the mask prunes (must be 0), at the end
+MASK_MERGED_ZERO_FRACTION = "mask/merged_zero_fraction"  # exact zeros in the merged weights, at the end
+MASK_COMPUTED = "mask/computed"  # this trial computed its mask (False: reused one computed before)
+MASK_SETUP_S = "mask/setup_s"  # seconds to compute or load and apply the mask
 CHECKPOINT_PATH = "checkpoint_path"  # added by Ray's TuneReportCallback when a checkpoint is reported
 
 ALL_METRICS = (
@@ -40,7 +46,8 @@ ALL_METRICS = (
     EVAL_LOSS, EVAL_PPL, EVAL_ACCURACY, EVAL_BEST_LOSS, EVAL_INITIAL_LOSS, SYS_MEM_MB, SYS_SETUP_S,
     SYS_STARTED_AT, SYS_MODEL_LOAD_S, SYS_BASE_CACHED, SYS_PID, SYS_TIME,
     ADAPTER_TRAINABLE_PARAMS, ADAPTER_EFFECTIVE_PARAMS, ADAPTER_TOTAL_PARAMS, ADAPTER_SPARSITY,
-    ADAPTER_NEAR_ZERO_GATES, ADAPTER_LIVE_RANKS,
+    ADAPTER_NEAR_ZERO_GATES, ADAPTER_LIVE_RANKS, MASK_TARGET_SPARSITY, MASK_ACHIEVED_SPARSITY, MASK_VIOLATIONS,
+    MASK_MERGED_ZERO_FRACTION, MASK_COMPUTED, MASK_SETUP_S,
 )
 
 

@@ -33,7 +33,7 @@ def enabled() -> bool:
     return os.environ.get("RAYSWEEP_BASE_CACHE", "1") not in ("0", "false", "no")
 
 
-def _stamp(path: str | Path) -> tuple:
+def stamp(path: str | Path) -> tuple:
     """(mtime, size) of a local file, or of a model directory's config and weight files, so rewriting any
     of them on disk invalidates the cache (hub ids: empty; the hub cache is content-addressed)."""
     p = Path(path)
@@ -50,8 +50,23 @@ def _stamp(path: str | Path) -> tuple:
 
 
 def _model_key(model_cfg: dict[str, Any], source: str, device) -> tuple:
-    return (source, _stamp(source), model_cfg.get("dtype", "float32"), bool(model_cfg.get("trust_remote_code")),
+    return (source, stamp(source), model_cfg.get("dtype", "float32"), bool(model_cfg.get("trust_remote_code")),
             json.dumps(model_cfg.get("quantization"), sort_keys=True), str(device))
+
+
+def identity(model_cfg: dict[str, Any]) -> list:
+    """What determines a base model's weights, JSON-able (keys of results computed from the base, e.g. masks)."""
+    from raysweep import models
+
+    if model_cfg["name_or_path"] == models.BUILTIN:
+        # the builtin model is generated deterministically per version: the same on every node, whatever its
+        # cache path or file times (so nodes of a cluster share one mask)
+        from raysweep.builtin.model import MODEL_VERSION
+
+        return ["builtin", MODEL_VERSION, model_cfg.get("dtype", "float32")]
+    source = models.resolve(model_cfg["name_or_path"])
+    return [source, [list(s) for s in stamp(source)], model_cfg.get("dtype", "float32"),
+            json.dumps(model_cfg.get("quantization"), sort_keys=True)]
 
 
 def clear() -> None:
@@ -126,8 +141,8 @@ def splits(model_cfg: dict[str, Any], data_cfg: dict[str, Any], seed: int, data_
     from raysweep import models
 
     source = models.resolve(model_cfg["name_or_path"])  # the tokenizer's identity
-    key = (source, _stamp(source), json.dumps(data_cfg, sort_keys=True), seed,
-           tuple((f, _stamp(f)) for f in data_files))
+    key = (source, stamp(source), json.dumps(data_cfg, sort_keys=True), seed,
+           tuple((f, stamp(f)) for f in data_files))
     if _splits is not None and _splits[0] == key:
         return _splits[1], True
     _splits = None

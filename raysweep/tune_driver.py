@@ -54,13 +54,20 @@ def executor(sweep_raw: dict[str, Any]) -> str:
     return space.C.ResourcesConfig(**(sweep_raw.get("resources") or {})).resolved_executor()
 
 
+def experiment_path(sweep_raw: dict[str, Any]) -> str | None:
+    """The experiment directory (shared storage on a cluster), where trials share e.g. pruning masks."""
+    if sweep_raw.get("storage") and sweep_raw.get("name"):
+        return os.path.join(sweep_raw["storage"], sweep_raw["name"])
+    return None
+
+
 def actor_trial_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any]) -> None:
     """One trial run in this Tune actor's process (reused across trials: imports and base model stay)."""
     from raysweep.model_cache import release_trial_memory
     from raysweep.session import TuneSession
     from raysweep.worker import run_training
 
-    trial = space.trial_config(sweep_raw, cell_config["cell"])
+    trial = space.trial_config(sweep_raw, cell_config["cell"]) | {"_experiment_path": experiment_path(sweep_raw)}
     try:
         run_training(trial, TuneSession())
     except Exception as exc:  # noqa: BLE001 - re-raised with the root cause as a one-line reason
@@ -78,7 +85,7 @@ def driver_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any], train_stor
 
     from raysweep.worker import train_fn_per_worker
 
-    trial = space.trial_config(sweep_raw, cell_config["cell"])
+    trial = space.trial_config(sweep_raw, cell_config["cell"]) | {"_experiment_path": experiment_path(sweep_raw)}
     res = trial["resources"]
     per_worker = {"CPU": res["cpus_per_worker"]}
     if res["gpus_per_worker"]:

@@ -44,7 +44,7 @@ def setup_runtime(config: dict[str, Any]) -> None:
 
 
 def setup_model(config: dict[str, Any], session: Session):
-    """(wrapped model for training, unwrapped peft model, adapter, tokenizer, load metrics).
+    """(adapted model, adapter, tokenizer, load metrics), on the session's device, not yet wrapped.
 
     The base comes from the process's cache when an earlier trial in this (reused) process loaded
     the same one (model_cache.py); it is a fresh module tree either way."""
@@ -57,8 +57,7 @@ def setup_model(config: dict[str, Any], session: Session):
         model.enable_input_require_grads()
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    wrapped = session.prepare_model(model)
-    return wrapped, model, adapter, tokenizer, {M.SYS_BASE_CACHED: hit, M.SYS_MODEL_LOAD_S: seconds}
+    return model, adapter, tokenizer, {M.SYS_BASE_CACHED: hit, M.SYS_MODEL_LOAD_S: seconds}
 
 
 def setup_data(config: dict[str, Any], tokenizer):
@@ -72,6 +71,32 @@ def setup_data(config: dict[str, Any], tokenizer):
     if hit:
         data.prepare_tokenizer(tokenizer)  # what load_splits would have done to this trial's tokenizer
     return train, evals
+
+
+CALIBRATION_BATCH = 8  # examples per calibration batch (fixed: a mask must not depend on train.batch_size)
+
+
+def setup_context(config: dict[str, Any], session: Session, train_set, eval_set, pad_id: int):
+    """What the adapter's prepare/on_train_end hooks may use: calibration batches, evaluation, shared storage."""
+    import torch
+
+    from raysweep.adapters.base import TrialContext
+    from raysweep.builtin import default_cache_dir
+    from raysweep.data import collate
+
+    device = session.device()
+
+    def batches(n: int, seed: int):
+        # the same examples on every rank and in every trial with this seed (masks must agree across ranks)
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+        for i in range(0, len(order), CALIBRATION_BATCH):
+            chunk = [train_set[j] for j in order[i : i + CALIBRATION_BATCH]]
+            yield {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+
+    # the experiment directory (shared storage on a cluster); outside a sweep, the local cache
+    store = Path(config.get("_experiment_path") or default_cache_dir())
+    return TrialContext(config=config, device=device, batches=batches, store=store, world_rank=session.world_rank,
+                        evaluate=lambda m: evaluate(m, eval_set, config, session, pad_id))
 
 
 def total_steps(train_cfg: dict[str, Any], n_train: int, world_size: int) -> int:
@@ -118,7 +143,7 @@ def evaluate(model, examples, config: dict[str, Any], session: Session, pad_id: 
     import torch
     import torch.nn.functional as F
 
-    from raysweep.data import IGNORE_INDEX, collate
+    from raysweep.data import IGNORE_INDEX, collate, has_answers
 
     device = session.device()
     bs = config["train"]["eval_batch_size"]
@@ -143,7 +168,7 @@ def evaluate(model, examples, config: dict[str, Any], session: Session, pad_id: 
         dist.all_reduce(sums)
     loss = (sums[0] / sums[1].clamp(min=1)).item()
     out = {M.EVAL_LOSS: loss, M.EVAL_PPL: math.exp(min(loss, 50.0))}
-    if config["data"]["task"] != "text":  # only answers (chat/builtin) have a notion of correct
+    if has_answers(config["data"]["task"]):  # only answers (chat/builtin) have a notion of correct
         out[M.EVAL_ACCURACY] = (sums[2] / sums[3]).item()
     return out
 
@@ -159,12 +184,15 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     started_at, t_setup = time.time(), time.perf_counter()
     t = config["train"]
     setup_runtime(config)
-    wrapped, model, adapter, tokenizer, load_metrics = setup_model(config, session)
+    model, adapter, tokenizer, load_metrics = setup_model(config, session)
     train_set, eval_set = setup_data(config, tokenizer)
+    pad_id = tokenizer.pad_token_id
+    context = setup_context(config, session, train_set, eval_set, pad_id)
+    load_metrics |= adapter.prepare(model, context)  # e.g. prune the base: before DDP sees the model
+    wrapped = session.prepare_model(model)
     steps = total_steps(t, len(train_set), session.world_size)
     optimizer, scheduler = setup_optimizer(config, model, adapter, steps)
     device = session.device()
-    pad_id = tokenizer.pad_token_id
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t["bf16"])
     ckpt_every = t["checkpoint_every"] or t["eval_every"]
 
@@ -195,7 +223,7 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
 
     last_report_time = [time.monotonic()]
 
-    def report(extra: dict[str, Any], with_checkpoint: bool) -> None:
+    def report(extra: dict[str, Any], with_checkpoint: bool, files: dict[str, Any] | None = None) -> None:
         last_report_time[0] = time.monotonic()
         row = static | last_eval | extra | {
             M.TRAIN_STEP: state["step"], M.TRAIN_TOKENS: state["tokens"], M.SYS_MEM_MB: M.memory_mb(),
@@ -213,7 +241,7 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
                 directory = checkpointing.save(
                     Path(tmp) / f"checkpoint_step{state['step']:06d}", adapter=adapter, model=model,
                     best_state=best_adapter_state, trainer_state=trainer_state, config=config, metrics=row,
-                    layer_log=(log_name, layer_rows) if log_name else None)
+                    layer_log=(log_name, layer_rows) if log_name else None, reports=files)
             session.report(row, directory)
 
     def run_eval() -> None:
@@ -295,7 +323,11 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
             row = {M.TRAIN_LOSS: window_loss / window_n, M.TRAIN_LR: lr, M.TRAIN_EPOCH: epoch,
                    M.TRAIN_TOKENS_PER_S: window_tokens / max(window_time, 1e-9)}
             row |= adapter.metrics(model)
+            files = None
+            if done:  # e.g. validate the merged sparsity, compute bounds: into the final result and checkpoint
+                end_metrics, files = adapter.on_train_end(model, context)
+                row |= end_metrics
             log_layers(row.get(M.ADAPTER_SPARSITY, 0.0))
-            report(row, with_checkpoint=wants_checkpoint)
+            report(row, with_checkpoint=wants_checkpoint, files=files)
             window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
     return {"state": state, "eval": last_eval}

@@ -18,6 +18,7 @@ FAMILIES: dict[str, str] = {
     "dora": "raysweep.adapters.lora:DoraAdapter",
     "sora": "raysweep.adapters.sora:SoraAdapter",
     "sdora": "raysweep.adapters.sora:SdoraAdapter",
+    "masked": "raysweep.adapters.masked:MaskedAdapter",
 }
 
 

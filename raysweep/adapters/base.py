@@ -8,6 +8,8 @@ Adapters never import Ray.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +20,18 @@ class NoOptions(BaseModel):
     """Family-specific keys under `adapter:`; a family without extra keys accepts none."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class TrialContext:
+    """What the worker lends an adapter for `prepare` and `on_train_end` (no Ray objects in here)."""
+
+    config: dict[str, Any]  # the resolved trial config
+    device: Any  # torch.device of this worker
+    batches: Callable[[int, int], Iterator[dict[str, Any]]]  # (n_examples, seed) -> collated train batches on device
+    evaluate: Callable[[Any], dict[str, float]]  # model -> eval metrics over the whole eval split
+    store: Path  # a directory shared by the experiment's trials (e.g. for masks computed once)
+    world_rank: int = 0
 
 
 class Adapter:
@@ -36,6 +50,16 @@ class Adapter:
     def build(self, model):
         """Wrap `model` with the adapter; only adapter parameters may require grad afterwards."""
         raise NotImplementedError
+
+    def prepare(self, model, context: TrialContext) -> dict[str, Any]:
+        """Called once after `build` and the data are ready, before the optimizer exists (e.g. compute
+        pruning masks from calibration batches). Returns static metrics reported with every result."""
+        return {}
+
+    def on_train_end(self, model, context: TrialContext) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Called once when training ends (last step or early stop), before the final checkpoint.
+        Returns (metrics for the final report, {file name: JSON-able report} saved in that checkpoint)."""
+        return {}, {}
 
     def param_groups(self, model, train_cfg: dict[str, Any]) -> list[dict[str, Any]]:
         """Optimizer parameter groups (AdamW); families with gates give them their own lr/decay."""

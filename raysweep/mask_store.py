@@ -1,0 +1,78 @@
+"""Pruning masks computed once per key and shared by every trial that needs them.
+
+A mask depends on (model, data, importance, mask kind, scope, sparsity, mask seed, calibration size,
+pruned modules) and never on the adapter's rank, learning rate or training seed, so a 360-trial sweep
+over 30 distinct masks computes 30. Masks live in the experiment directory (`<experiment>/masks/`),
+which is shared storage on a cluster, so trials on any node find them; a file lock makes concurrent
+trials wait for the one computing a key instead of computing it again. Outside an experiment (tests,
+notebooks) they go to the builtin cache directory.
+
+Layout of one entry, `masks/<importance>-<kind>-s<sparsity>-<hash>/`:
+  masks.safetensors      keep-masks (uint8, 1 = keep), one tensor per module name, [out, in] layout
+  stats.json             the key, global and per-layer sparsity, seconds it took
+  importance_hist.json   histogram of log10 importance scores over all pruned weights
+`masks/computations.log` gets one line per computation (what `raysweep masks` and tests count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from raysweep.builtin.cache import build_once
+
+MASKS_DIR = "masks"
+MASKS_FILE = "masks.safetensors"
+STATS_FILE = "stats.json"
+HISTOGRAM_FILE = "importance_hist.json"
+COMPUTATIONS_LOG = "computations.log"
+
+
+def entry_name(key: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    kind = str(key["mask"]).replace(":", "of")
+    return f"{key['importance']}-{kind}-s{key['sparsity']:g}-{digest}"
+
+
+def get_or_compute(root: Path, key: dict[str, Any],
+                   compute: Callable[[], tuple[dict, dict]]) -> tuple[dict, dict[str, Any], bool]:
+    """(keep-masks, stats, computed_now). `compute()` returns (masks, histogram) and runs at most once
+    per key across processes sharing `root`."""
+    from safetensors.torch import load_file, save_file
+
+    computed = []
+
+    def build(tmp: Path) -> None:
+        t0 = time.perf_counter()
+        masks, histogram = compute()
+        save_file({n: m.to("cpu").contiguous().to(dtype=_uint8()) for n, m in masks.items()}, str(tmp / MASKS_FILE))
+        from raysweep.pruning import mask_stats
+
+        stats = {"key": key, "seconds": round(time.perf_counter() - t0, 3), **mask_stats(masks)}
+        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2))
+        (tmp / HISTOGRAM_FILE).write_text(json.dumps(histogram))
+        with (root / COMPUTATIONS_LOG).open("a") as log:
+            log.write(json.dumps({"entry": entry_name(key), "time": time.time(), "seconds": stats["seconds"]}) + "\n")
+        computed.append(True)
+
+    root.mkdir(parents=True, exist_ok=True)
+    directory = build_once(root / entry_name(key), build)
+    masks = {n: m.bool() for n, m in load_file(str(directory / MASKS_FILE)).items()}
+    stats = json.loads((directory / STATS_FILE).read_text())
+    return masks, stats, bool(computed)
+
+
+def computations(root: Path) -> list[dict[str, Any]]:
+    """Every computation recorded under `root` (one per key, unless entries were deleted)."""
+    log = root / COMPUTATIONS_LOG
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+
+
+def _uint8():
+    import torch
+
+    return torch.uint8
