@@ -1,4 +1,4 @@
-"""Command line: run | plan | resume | analyze. Thin: parses arguments and dispatches.
+"""Command line: run | plan | resume | analyze | masks. Thin: parses arguments and dispatches.
 
 Exit codes: 0 success, 1 some trial failed, 2 bad input (nothing launched), 130 interrupted.
 """
@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--retry-errored", action="store_true", help="also restart trials that failed")
     resume.add_argument("--no-dashboard", action="store_true")
     resume.add_argument("--verbose", action="store_true")
+
+    masks = sub.add_parser("masks", help="precompute the pruning masks of a grid's masked trials (optional: "
+                           "trials compute missing ones on demand)")
+    masks.add_argument("grid")
+    masks.add_argument("overrides", nargs="*")
+    masks.add_argument("--storage", default=None, help="storage root the sweep will use (default: grid 'storage' "
+                       "or ~/ray_results); masks go to <storage>/masks/")
 
     analyze = sub.add_parser("analyze", help="summarise a finished (or partial) experiment")
     analyze.add_argument("experiment")
@@ -103,14 +110,19 @@ def _unique_name(storage: Path, name: str) -> str:
 
 def _ensure_builtin(trials) -> None:
     """Create the builtin model/task once, here, rather than racing in every trial."""
-    if any(t.config.model.name_or_path == "builtin" for t in trials) or any(
-        t.config.data.task == "builtin" for t in trials
-    ):
-        from raysweep.builtin import ensure_builtin_model, ensure_builtin_task
+    tasks = {t.config.data.task for t in trials}
+    if any(t.config.model.name_or_path == "builtin" for t in trials) or tasks & {"builtin", "builtin_tokens"}:
+        from raysweep.builtin import ensure_builtin_model, ensure_builtin_task, ensure_builtin_tokens
 
         with console.status("builtin model and task (created on first use, ~1 minute)"):
             ensure_builtin_model()
             ensure_builtin_task()
+            if "builtin_tokens" in tasks:
+                ensure_builtin_tokens()
+
+
+def _storage(args, sweep) -> Path:
+    return Path(os.path.expanduser(args.storage or sweep.storage or "~/ray_results")).resolve()
 
 
 def _finish(callback, raw, experiment_path: str) -> int:
@@ -129,7 +141,7 @@ def cmd_run(args) -> int:
 
     raw, sweep, trials = _load(args.grid, args.overrides)
     _preflight(raw, trials)
-    storage = Path(os.path.expanduser(args.storage or sweep.storage or "~/ray_results")).resolve()
+    storage = _storage(args, sweep)
     name = _unique_name(storage, args.name or sweep.name)
     experiment_path = str(storage / name)
     _ensure_builtin(trials)
@@ -180,6 +192,35 @@ def cmd_resume(args) -> int:
     return _finish(callback, raw, experiment_path)
 
 
+def cmd_masks(args) -> int:
+    from rich.table import Table
+
+    from raysweep import space
+    from raysweep.mask_store import MASKS_DIR
+    from raysweep.precompute import precompute_masks
+
+    raw, sweep, trials = _load(args.grid, args.overrides)
+    configs = [space.trial_config(raw, t.cell) for t in trials]
+    if not any(c["adapter"]["type"] == "masked" for c in configs):
+        raise BadInput(f"{args.grid}: no trial has adapter.type 'masked', so there are no masks to compute; "
+                       "set adapter.type: masked (or sweep it in the grid)")
+    _preflight(raw, trials)
+    _ensure_builtin(trials)
+    store = _storage(args, sweep)
+    with console.status("computing masks"):
+        results = precompute_masks(configs, store)
+    table = Table(title=f"masks in {store / MASKS_DIR}")
+    for column in ("mask", "importance", "sparsity", "achieved", "trials", "", "seconds"):
+        table.add_column(column, justify="left" if column in ("mask", "importance", "") else "right")
+    for r in results:
+        table.add_row(r.mask, r.importance, f"{r.sparsity:g}", f"{r.achieved:.4f}", str(r.trials),
+                      "computed" if r.computed else "already there", f"{r.seconds:.1f}")
+    console.print(table)
+    console.print(f"{sum(r.computed for r in results)} computed, {sum(not r.computed for r in results)} reused; "
+                  f"`raysweep run {args.grid}` with the same storage loads them")
+    return 0
+
+
 def cmd_analyze(args) -> int:
     from analysis.load import ResultsError, load_trials, print_overview
     from analysis.pareto import parse_objectives
@@ -212,7 +253,8 @@ def cmd_analyze(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "plan": cmd_plan, "resume": cmd_resume, "analyze": cmd_analyze}[args.command]
+    handler = {"run": cmd_run, "plan": cmd_plan, "resume": cmd_resume, "analyze": cmd_analyze,
+               "masks": cmd_masks}[args.command]
     try:
         return handler(args)
     except BadInput as exc:

@@ -2,10 +2,10 @@
 
 A mask depends on (model, data, importance, mask kind, scope, sparsity, mask seed, calibration size,
 pruned modules) and never on the adapter's rank, learning rate or training seed, so a 360-trial sweep
-over 30 distinct masks computes 30. Masks live in the experiment directory (`<experiment>/masks/`),
-which is shared storage on a cluster, so trials on any node find them; a file lock makes concurrent
-trials wait for the one computing a key instead of computing it again. Outside an experiment (tests,
-notebooks) they go to the builtin cache directory.
+over 30 distinct masks computes 30. Masks live under the sweeps' storage root (`<storage>/masks/`),
+which is shared storage on a cluster, so trials on any node, and later sweeps of the same grid, find
+them; a file lock makes concurrent trials wait for the one computing a key instead of computing it
+again. Outside a sweep (tests, notebooks) they go to the builtin cache directory.
 
 Layout of one entry, `masks/<importance>-<kind>-s<sparsity>-<hash>/`:
   masks.safetensors      keep-masks (uint8, 1 = keep), one tensor per module name, [out, in] layout

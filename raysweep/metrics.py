@@ -39,6 +39,48 @@ MASK_VIOLATIONS = "mask/violations"  # merged weights nonzero where the mask pru
 MASK_MERGED_ZERO_FRACTION = "mask/merged_zero_fraction"  # exact zeros in the merged weights, at the end
 MASK_COMPUTED = "mask/computed"  # this trial computed its mask (False: reused one computed before)
 MASK_SETUP_S = "mask/setup_s"  # seconds to compute or load and apply the mask
+# SubLoRA (θ = θ₀ + P·α): the adapter's size, and its PAC-Bayes bounds computed at the end of training
+ADAPTER_PROJECTED_PARAMS = "adapter/projected_params"  # D: the LoRA parameters P maps α onto
+ADAPTER_PROJECTOR_BYTES = "adapter/projector_bytes"  # memory the seeded projector(s) hold (grows like sqrt(D·d))
+ADAPTER_GAMMA_MEAN = "adapter/gamma_mean"  # learned allocation: mean over modules of γ (share of α given to A)
+BOUND_COMPRESSED_BITS = "bound/compressed_bits"  # prefix-free message length of the quantized α (+ split logits)
+BOUND_KL_NATS = "bound/kl_nats"  # compressed_bits · ln 2, the KL term of every bound
+BOUND_QUANT_LEVELS = "bound/quant_levels"  # quantization levels α actually uses
+BOUND_SECONDS = "bound/seconds"  # time spent computing the bounds
+# per level of i.i.d. unit: "doc" (documents; examples for chat data) or "seq" (training sequences)
+BOUND_LEVELS = {"document": "doc", "sequence": "seq"}
+
+
+def bound_key(level: str, what: str) -> str:
+    """`bound/<doc|seq>_<what>`, e.g. bound_key("document", "bpd") == "bound/doc_bpd"."""
+    return f"bound/{BOUND_LEVELS.get(level, level)}_{what}"
+
+
+def bound_topk_key(level: str, k: int, empirical: bool = False) -> str:
+    """`bound/<doc|seq>_top<k>_error` (the bound) or `..._error_empirical` (the quantized model's error)."""
+    return bound_key(level, f"top{k}_error" + ("_empirical" if empirical else ""))
+
+
+# what each level reports: bound on smoothed bits per token (best prediction-smoothing α), the quantized and
+# unquantized models' empirical bits per token, the chosen α, whether the bound is vacuous (> log2 V),
+# the number of units m and how many were evaluated n (n < m: sub-sampled bound)
+BOUND_DOC_BPD = bound_key("document", "bpd")
+BOUND_DOC_BPD_EMPIRICAL = bound_key("document", "bpd_empirical")
+BOUND_DOC_BPD_UNQUANTIZED = bound_key("document", "bpd_unquantized")
+BOUND_DOC_ALPHA = bound_key("document", "alpha_smoothing")
+BOUND_DOC_VACUOUS = bound_key("document", "vacuous_bpd")
+BOUND_DOC_UNITS = bound_key("document", "units")
+BOUND_DOC_SAMPLED = bound_key("document", "sampled")
+BOUND_SEQ_BPD = bound_key("sequence", "bpd")
+BOUND_SEQ_BPD_EMPIRICAL = bound_key("sequence", "bpd_empirical")
+BOUND_SEQ_BPD_UNQUANTIZED = bound_key("sequence", "bpd_unquantized")
+BOUND_SEQ_ALPHA = bound_key("sequence", "alpha_smoothing")
+BOUND_SEQ_VACUOUS = bound_key("sequence", "vacuous_bpd")
+BOUND_SEQ_UNITS = bound_key("sequence", "units")
+BOUND_SEQ_SAMPLED = bound_key("sequence", "sampled")
+BOUND_DEFAULT_TOP_K = (1, 5)  # top-k error bounds reported by default (adapter.bound_top_k)
+BOUND_TOPK_METRICS = tuple(bound_topk_key(level, k, emp) for level in BOUND_LEVELS for k in BOUND_DEFAULT_TOP_K
+                           for emp in (False, True))
 CHECKPOINT_PATH = "checkpoint_path"  # added by Ray's TuneReportCallback when a checkpoint is reported
 
 ALL_METRICS = (
@@ -48,6 +90,11 @@ ALL_METRICS = (
     ADAPTER_TRAINABLE_PARAMS, ADAPTER_EFFECTIVE_PARAMS, ADAPTER_TOTAL_PARAMS, ADAPTER_SPARSITY,
     ADAPTER_NEAR_ZERO_GATES, ADAPTER_LIVE_RANKS, MASK_TARGET_SPARSITY, MASK_ACHIEVED_SPARSITY, MASK_VIOLATIONS,
     MASK_MERGED_ZERO_FRACTION, MASK_COMPUTED, MASK_SETUP_S,
+    ADAPTER_PROJECTED_PARAMS, ADAPTER_PROJECTOR_BYTES, ADAPTER_GAMMA_MEAN, BOUND_COMPRESSED_BITS, BOUND_KL_NATS,
+    BOUND_QUANT_LEVELS, BOUND_SECONDS, BOUND_DOC_BPD, BOUND_DOC_BPD_EMPIRICAL, BOUND_DOC_BPD_UNQUANTIZED,
+    BOUND_DOC_ALPHA, BOUND_DOC_VACUOUS, BOUND_DOC_UNITS, BOUND_DOC_SAMPLED, BOUND_SEQ_BPD, BOUND_SEQ_BPD_EMPIRICAL,
+    BOUND_SEQ_BPD_UNQUANTIZED, BOUND_SEQ_ALPHA, BOUND_SEQ_VACUOUS, BOUND_SEQ_UNITS, BOUND_SEQ_SAMPLED,
+    *BOUND_TOPK_METRICS,
 )
 
 

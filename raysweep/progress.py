@@ -162,10 +162,13 @@ class ProgressCallback(Callback):
             counts[rec.status] = counts.get(rec.status, 0) + 1
         title = "  ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "starting"
         table = Table(title=f"raysweep · {title}", title_justify="left")
-        # gated adapters (sora/sdora) report sparsity: show it, and their λ, when any trial has them
-        gated = any(_lambda(rec.resolved["adapter"]) is not None for rec in self.records.values())
-        columns = ["trial", "status", "adapter", "rank", "seed"] + (["λ"] if gated else []) + [
-            "step", "loss", "eval loss", "acc", "tok/s"] + (["sparsity", "eff. params"] if gated else [])
+        # family columns (e.g. λ and gate sparsity for sora, mask and violations for masked): the union over
+        # the families in this sweep, option columns before the common metrics, metric columns after them
+        family = _family_columns(self.records.values())
+        options = [c for c in family if c[1] == "option"]
+        metrics = [c for c in family if c[1] == "metric"]
+        columns = ["trial", "status", "adapter", "rank", "seed"] + [c[0] for c in options] + [
+            "step", "loss", "eval loss", "acc", "tok/s"] + [c[0] for c in metrics]
         for col in columns:
             table.add_column(col, justify="right" if col not in ("trial", "status", "adapter") else "left")
         for rec in self.records.values():
@@ -173,12 +176,10 @@ class ProgressCallback(Callback):
             row = [rec.trial_id, Text(rec.status, style=STATUS_STYLE.get(rec.status, "")),
                    str(rec.resolved["adapter"]["type"]), str(rec.resolved["adapter"]["r"]),
                    str(rec.resolved["train"]["seed"])]
-            if gated:
-                row.append(_fmt(_lambda(rec.resolved["adapter"])))
+            row += [_fmt(_option(rec.resolved["adapter"], key)) for _, _, key in options]
             row += [_fmt(last.get(M.TRAIN_STEP)), _fmt(last.get(M.TRAIN_LOSS)), _fmt(last.get(M.EVAL_LOSS)),
                     _fmt(last.get(M.EVAL_ACCURACY), 3), _fmt(last.get(M.TRAIN_TOKENS_PER_S), 3)]
-            if gated:
-                row += [_fmt(last.get(M.ADAPTER_SPARSITY), 3), _fmt(last.get(M.ADAPTER_EFFECTIVE_PARAMS))]
+            row += [_fmt(last.get(key), 3) for _, _, key in metrics]
             table.add_row(*row)
         return table
 
@@ -205,18 +206,37 @@ def checkpoint_of(rec: TrialRecord) -> str:
     return rec.last.get(M.CHECKPOINT_PATH) or rec.checkpoint_path or ""
 
 
-def _lambda(adapter_cfg: dict[str, Any]) -> float | None:
-    """The sparsity strength of a gated adapter (its default when the grid does not set it), else None."""
+def _family_columns(records) -> list[tuple[str, str, str]]:
+    """(header, 'option' | 'metric', key) of every adapter family present, without repeats, in order."""
     from raysweep import adapters
 
-    options = adapters.get(adapter_cfg["type"]).Options
-    field = options.model_fields.get("lambda_")
-    return None if field is None else adapter_cfg.get("lambda", field.default)
+    columns: dict[str, tuple[str, str, str]] = {}
+    for rec in records:
+        for column in adapters.get(rec.resolved["adapter"]["type"]).PROGRESS_COLUMNS:
+            columns.setdefault(column[0], column)
+    return list(columns.values())
+
+
+def _option(adapter_cfg: dict[str, Any], key: str) -> Any:
+    """A family option as the trial runs it: the grid's value, else the family's default ('' if not its key)."""
+    from raysweep import adapters
+
+    if key in adapter_cfg:
+        return adapter_cfg[key]
+    for name, field in adapters.get(adapter_cfg["type"]).Options.model_fields.items():
+        if key in (name, field.alias):
+            return field.default
+    return ""
 
 
 def describe(rec: TrialRecord) -> str:
+    """One line naming a trial: family, rank, seed and the family's option columns (λ, mask, sparsity, ...)."""
+    from raysweep import adapters
+
     a, t = rec.resolved["adapter"], rec.resolved["train"]
-    return f"{a['type']} r={a['r']} seed={t['seed']}"
+    extra = "".join(f" {header}={_fmt(_option(a, key))}" for header, kind, key in
+                    adapters.get(a["type"]).PROGRESS_COLUMNS if kind == "option")
+    return f"{a['type']} r={a['r']}{extra} seed={t['seed']}"
 
 
 def read_error(trial_path: str) -> str:

@@ -54,11 +54,12 @@ def executor(sweep_raw: dict[str, Any]) -> str:
     return space.C.ResourcesConfig(**(sweep_raw.get("resources") or {})).resolved_executor()
 
 
-def experiment_path(sweep_raw: dict[str, Any]) -> str | None:
-    """The experiment directory (shared storage on a cluster), where trials share e.g. pruning masks."""
-    if sweep_raw.get("storage") and sweep_raw.get("name"):
-        return os.path.join(sweep_raw["storage"], sweep_raw["name"])
-    return None
+def shared_store(sweep_raw: dict[str, Any]) -> str | None:
+    """The experiments' storage root (shared storage on a cluster): trials, and later sweeps, share what
+    is stored there by key, e.g. pruning masks under <storage>/masks/. A URI storage (s3://) is not a
+    directory a trial can lock files in: then each node keeps its own copy in the local cache."""
+    storage = sweep_raw.get("storage")
+    return None if not storage or "://" in str(storage) else storage
 
 
 def actor_trial_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any]) -> None:
@@ -67,7 +68,7 @@ def actor_trial_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any]) -> No
     from raysweep.session import TuneSession
     from raysweep.worker import run_training
 
-    trial = space.trial_config(sweep_raw, cell_config["cell"]) | {"_experiment_path": experiment_path(sweep_raw)}
+    trial = space.trial_config(sweep_raw, cell_config["cell"]) | {"_store": shared_store(sweep_raw)}
     try:
         run_training(trial, TuneSession())
     except Exception as exc:  # noqa: BLE001 - re-raised with the root cause as a one-line reason
@@ -85,7 +86,7 @@ def driver_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any], train_stor
 
     from raysweep.worker import train_fn_per_worker
 
-    trial = space.trial_config(sweep_raw, cell_config["cell"]) | {"_experiment_path": experiment_path(sweep_raw)}
+    trial = space.trial_config(sweep_raw, cell_config["cell"]) | {"_store": shared_store(sweep_raw)}
     res = trial["resources"]
     per_worker = {"CPU": res["cpus_per_worker"]}
     if res["gpus_per_worker"]:

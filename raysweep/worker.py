@@ -93,8 +93,8 @@ def setup_context(config: dict[str, Any], session: Session, train_set, eval_set,
             chunk = [train_set[j] for j in order[i : i + CALIBRATION_BATCH]]
             yield {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
 
-    # the experiment directory (shared storage on a cluster); outside a sweep, the local cache
-    store = Path(config.get("_experiment_path") or default_cache_dir())
+    # the sweep's storage root (shared storage on a cluster); outside a sweep, the local cache
+    store = Path(config.get("_store") or default_cache_dir())
     return TrialContext(config=config, device=device, batches=batches, store=store, world_rank=session.world_rank,
                         evaluate=lambda m: evaluate(m, eval_set, config, session, pad_id))
 

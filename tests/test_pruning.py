@@ -193,7 +193,7 @@ def test_trials_share_one_mask_and_report_validation(tmp_path):
     for seed, r in [(0, 4), (1, 4), (0, 8)]:
         cfg = trial_config(adapter={"type": "masked", "r": r, "sparsity": 0.3, "mask": "unstructured"},
                            train={"seed": seed, "max_steps": 6, "eval_every": 6})
-        cfg["_experiment_path"] = str(tmp_path)
+        cfg["_store"] = str(tmp_path)
         session = LocalSession(tmp_path / f"trial-{seed}-{r}")
         results.append(run_training(cfg, session))
         final = session.results[-1]

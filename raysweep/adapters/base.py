@@ -30,7 +30,7 @@ class TrialContext:
     device: Any  # torch.device of this worker
     batches: Callable[[int, int], Iterator[dict[str, Any]]]  # (n_examples, seed) -> collated train batches on device
     evaluate: Callable[[Any], dict[str, float]]  # model -> eval metrics over the whole eval split
-    store: Path  # a directory shared by the experiment's trials (e.g. for masks computed once)
+    store: Path  # a directory shared by all trials of all sweeps on this storage (e.g. masks computed once)
     world_rank: int = 0
 
 
@@ -42,6 +42,8 @@ class Adapter:
     Options: ClassVar[type[BaseModel]] = NoOptions
     # file name of the per-module log written into every checkpoint (None: layer_log() is not used)
     LAYER_LOG: ClassVar[str | None] = None
+    # extra columns of the live progress table: (header, "option" | "metric", option key or metric name)
+    PROGRESS_COLUMNS: ClassVar[tuple[tuple[str, str, str], ...]] = ()
 
     def __init__(self, cfg: dict[str, Any]):
         # cfg: the trial's resolved `adapter:` section (common keys + this family's options)

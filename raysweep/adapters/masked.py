@@ -136,6 +136,8 @@ class MaskedAdapter(LoraAdapter):
     description = "LoRA on a pruned base: W ⊙ M frozen, update (B·A·s) ⊙ M, so merged weights keep the sparsity"
     Options = MaskOptions
     use_dora = False
+    PROGRESS_COLUMNS = (("mask", "option", "mask"), ("importance", "option", "importance"),
+                        ("sparsity", "option", "sparsity"), ("violations", "metric", M.MASK_VIOLATIONS))
 
     def __init__(self, cfg: dict[str, Any]):
         super().__init__(cfg)

@@ -60,6 +60,8 @@ class SoraAdapter(LoraAdapter):
     Options = GateOptions
     use_dora = False
     LAYER_LOG = "sparsity.csv"  # in every checkpoint: step, overall, one column per adapted module
+    PROGRESS_COLUMNS = (("λ", "option", "lambda"), ("sparsity", "metric", M.ADAPTER_SPARSITY),
+                        ("eff. params", "metric", M.ADAPTER_EFFECTIVE_PARAMS))
 
     def __init__(self, cfg: dict[str, Any]):
         super().__init__(cfg)

@@ -1,0 +1,71 @@
+"""`raysweep masks grid.yaml`: compute every pruning mask a sweep will need, before it runs.
+
+Runs in the CLI process (no Ray): for each distinct mask of the grid's `masked` trials it builds the
+trial's model and data exactly as a trial does (worker.setup_*) and calls the adapter's `prepare`, which
+computes the mask into `<storage>/masks/` or finds it there. Trials of a later `raysweep run` with the
+same storage then only load masks. Running it is optional: trials compute missing masks on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raysweep import metrics as M
+
+# adapter keys that change the mask; the rest (rank, alpha, lr, training seed, ...) never do
+MASK_KEYS = ("sparsity", "importance", "mask", "mask_scope", "mask_seed", "calibration_examples", "prune_modules",
+             "target_modules")
+
+
+@dataclass
+class MaskResult:
+    sparsity: float
+    mask: str
+    importance: str
+    achieved: float
+    computed: bool
+    seconds: float
+    trials: int
+
+
+def mask_identity(config: dict[str, Any]) -> str:
+    a = config["adapter"]
+    return json.dumps([config["model"], config["data"], {k: a.get(k) for k in MASK_KEYS}], sort_keys=True, default=str)
+
+
+def precompute_masks(trial_configs: list[dict[str, Any]], store: Path) -> list[MaskResult]:
+    """Compute (or find) the mask of every distinct masked configuration; one result per distinct mask."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from raysweep import model_cache, worker
+    from raysweep.session import LocalSession
+
+    hf_logging.disable_progress_bar()  # the CLI prints its own table; weight-loading bars would bury it
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for cfg in trial_configs:
+        if cfg["adapter"]["type"] == "masked":
+            groups.setdefault(mask_identity(cfg), []).append(cfg)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        session = LocalSession(Path(tmp))
+        for configs in groups.values():
+            cfg = dict(configs[0], _store=str(store))
+            worker.setup_runtime(cfg)
+            model, adapter, tokenizer, _ = worker.setup_model(cfg, session)
+            train, evals = worker.setup_data(cfg, tokenizer)
+            context = worker.setup_context(cfg, session, train, evals, tokenizer.pad_token_id)
+            metrics = adapter.prepare(model, context)
+            a = cfg["adapter"]
+            results.append(MaskResult(a["sparsity"], a["mask"], a["importance"], metrics[M.MASK_ACHIEVED_SPARSITY],
+                                      bool(metrics[M.MASK_COMPUTED]), metrics[M.MASK_SETUP_S], len(configs)))
+            del model, adapter
+    model_cache.clear()
+    return results

@@ -1,0 +1,46 @@
+"""Integration tier for the experiment families' grid files: real local Ray, the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_integration import read_trials, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_sparse_mask_grid_validates_every_trial_and_computes_each_mask_once(tmp_path, builtin_model_dir,
+                                                                           builtin_task_files):
+    # the family's grid file, cut to 2 sparsities × 3 kinds (+ the gradient/taylor slice) × 2 seeds
+    proc = run_cli("run", "search_spaces/sparse_masks.yaml", "grid.adapter.sparsity=[0.0, 0.7]",
+                   "grid.train.seed=[0, 1]", "train.max_steps=20", "train.eval_every=10",
+                   "--storage", tmp_path, "--name", "sparse")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_trials(tmp_path / "sparse")
+    assert len(rows) == 2 * 3 * 2 + 2 * 2 * 2
+    assert {r["status"] for r in rows} == {"TERMINATED"}
+    for r in rows:
+        target = float(r["cell/adapter.sparsity"])
+        assert float(r["mask/target_sparsity"]) == target
+        assert int(float(r["mask/violations"])) == 0, r
+        # per layer, round(s·numel) weights (so over all layers within 1e-4 of s); structured: whole rows,
+        # to one output row of a 128-row layer
+        tolerance = 1 / 128 if r["cell/adapter.mask"] == "structured" else 1e-4
+        assert abs(float(r["mask/achieved_sparsity"]) - target) <= tolerance, r
+        report = json.loads((Path(r["checkpoint_path"]) / "validation_report.json").read_text())
+        assert report["violations"] == 0 and all(v["violations"] == 0 for v in report["layers"].values())
+        assert float(r["eval/loss"]) < float(r["eval/initial_loss"])
+    # one computation per distinct mask: the two seeds share theirs
+    log = (tmp_path / "masks" / "computations.log").read_text().splitlines()
+    assert len(log) == len({(r["cell/adapter.sparsity"], r["cell/adapter.mask"], r["cell/adapter.importance"])
+                            for r in rows}) == 10
+    assert sum(r["mask/computed"] == "True" for r in rows) == 10
+
+    # precomputing for the same storage finds every mask already there
+    again = run_cli("masks", "search_spaces/sparse_masks.yaml", "grid.adapter.sparsity=[0.0, 0.7]",
+                    "--storage", tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "0 computed, 10 reused" in again.stdout
