@@ -62,7 +62,21 @@ def load_trials(experiment: str | Path) -> pd.DataFrame:
             reported = frame["checkpoint_path"] if "checkpoint_path" in frame else None
             frame["checkpoint_path"] = frame["_checkpoint"] if reported is None else reported.fillna(frame["_checkpoint"])
             frame = frame.drop(columns="_checkpoint")
+    if len(frame):
+        frame["flag"] = frame.apply(_flag, axis=1)
     return frame
+
+
+def _flag(row: pd.Series) -> str:
+    """Why a trial's numbers need care: '' (finished normally), early-stopped, error, or unfinished."""
+    status = row.get("status")
+    if status == "ERROR":
+        return "error"
+    if isinstance(status, str) and status != "TERMINATED":
+        return "unfinished"
+    if row.get("train/early_stopped") in (True, "True", 1):
+        return "early-stopped"
+    return ""
 
 
 def print_overview(console, frame: pd.DataFrame, experiment: str, out: Path | None = None) -> None:
@@ -71,7 +85,7 @@ def print_overview(console, frame: pd.DataFrame, experiment: str, out: Path | No
     if frame.empty:
         console.print(f"{experiment}: no trials have reported yet")
         return
-    cols = [c for c in ("trial_id", "status", "adapter.type", "adapter.r", "train.seed", "train/step",
+    cols = [c for c in ("trial_id", "status", "flag", "adapter.type", "adapter.r", "train.seed", "train/step",
                         "eval/loss", "eval/accuracy", "adapter/trainable_params") if c in frame]
     table = Table(title=f"{experiment}: {len(frame)} trial(s)", title_justify="left")
     for c in cols:

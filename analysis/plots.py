@@ -85,3 +85,17 @@ def sparsity_heatmap(log: pd.DataFrame, title: str, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def sparsity_quality(table: pd.DataFrame, path: Path, metric: str = "eval/loss") -> Path:
+    """`metric` (mean ± std over seeds) against target sparsity, one line per mask kind and importance."""
+    plt = _plt()
+    kinds = [c for c in ("cell/adapter.mask", "cell/adapter.importance") if c in table]
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    groups = table.groupby(kinds, dropna=False) if kinds else [((), table)]
+    for i, (key, group) in enumerate(groups):
+        group = group.sort_values("mask/target_sparsity mean")
+        name = ", ".join(str(v) for v in (key if isinstance(key, tuple) else (key,)) if pd.notna(v)) or "mask"
+        ax.errorbar(group["mask/target_sparsity mean"], group[f"{metric} mean"], yerr=group.get(f"{metric} std"),
+                    fmt="-o", ms=3, lw=1.2, capsize=2, color=f"C{i % 10}", label=name)
+    return _save(plt, fig, ax, "sparsity (fraction of pruned weights)", metric, path, legend_size=6)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import families
 from analysis.aggregate import config_axes, over_seeds
 from analysis.history import load_history
 from analysis.pareto import pareto_front
@@ -14,7 +15,7 @@ from analysis.plots import curves, frontier, sparsity_heatmap
 from analysis.report import write_report
 from analysis.tables import to_latex, to_markdown
 
-DEFAULT_OBJECTIVES = {"adapter/effective_params": "min", "eval/loss": "min"}
+DEFAULT_OBJECTIVES = families.ADAPTERS  # the family's own defaults win when its metrics exist (families.py)
 SUMMARY_METRICS = ["eval/loss", "eval/accuracy", "eval/best_loss", "adapter/effective_params",
                    "adapter/trainable_params", "adapter/sparsity", "train/tokens_per_s"]
 
@@ -22,10 +23,11 @@ SUMMARY_METRICS = ["eval/loss", "eval/accuracy", "eval/best_loss", "adapter/effe
 def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] | None = None) -> dict[str, object]:
     """summary_table.csv (one row per configuration, finished trials only) and pareto.csv (the same rows
     with `on_front`; the front is taken on the seed means). Returns the paths and what was excluded."""
-    objectives = objectives or DEFAULT_OBJECTIVES
+    objectives = objectives or families.default_objectives(frame)
     out.mkdir(parents=True, exist_ok=True)
     finished = frame[frame["status"] == "TERMINATED"] if "status" in frame else frame
-    metrics = list(dict.fromkeys([*SUMMARY_METRICS, *objectives]))
+    metrics = list(dict.fromkeys([*SUMMARY_METRICS, *families.METRICS[families.family_of(frame)], *objectives]))
+    metrics = [m for m in metrics if m in frame]
     table = over_seeds(finished, metrics, config_axes(frame))
     table.to_csv(out / "summary_table.csv", index=False)
     shown = [m for m in metrics if f"{m} mean" in table and table[f"{m} mean"].notna().any()]
@@ -45,7 +47,7 @@ def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] |
     write_report(out / "report.html", title=f"raysweep: {Path(str(frame['trial_path'].iloc[0])).parent.name}",
                  table=table, metrics=shown, objectives=objectives, on_front=front.on_front, figures=figures,
                  notes=notes)
-    return {"report": out / "report.html", "figures": figures,"summary_table": out / "summary_table.csv", "pareto": out / "pareto.csv",
+    return {"report": out / "report.html", "figures": figures, "objectives": objectives, "summary_table": out / "summary_table.csv", "pareto": out / "pareto.csv",
             "markdown": (out / "summary_table.md").read_text(),
             "front": table[front.on_front], "excluded": table.loc[front.excluded],
             "configurations": len(table), "unfinished": len(frame) - len(finished)}
@@ -59,6 +61,8 @@ def write_figures(frame: pd.DataFrame, table: pd.DataFrame, objectives: dict[str
     if len(names) >= 2:
         figures.append(frontier(table, names[0], names[1], on_front, out / "frontier.png"))
     history = load_history(frame)
+    if len(history):
+        history.to_csv(out / "history.csv", index=False)  # the long table: one row per trial and report
     for metric in ("eval/loss", "train/loss"):
         if metric in history and history[metric].notna().any():
             figures.append(curves(history, metric, out / f"curves_{metric.replace('/', '_')}.png"))
@@ -68,4 +72,4 @@ def write_figures(frame: pd.DataFrame, table: pd.DataFrame, objectives: dict[str
             title = f"{trial['trial_id']} {trial.get('adapter.type', '')} " + ", ".join(
                 f"{c.removeprefix('cell/')}={trial[c]}" for c in frame.columns if c.startswith("cell/") and pd.notna(trial[c]))
             figures.append(sparsity_heatmap(pd.read_csv(log), title, out / f"sparsity_{trial['trial_id']}.png"))
-    return figures
+    return figures + families.figures(frame, table, out)

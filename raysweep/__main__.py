@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("experiment")
     analyze.add_argument("--out", default=None, help="where tables go (default: the experiment directory)")
     analyze.add_argument("--objectives", nargs="+", default=None, metavar="METRIC[:min|max]",
-                         help="Pareto objectives (default: adapter/effective_params:min eval/loss:min)")
+                         help="Pareto objectives (default per family: adapter/effective_params:min eval/loss:min; "
+                         "masked: mask/achieved_sparsity:max eval/loss:min; sublora: bound/kl_bits:min "
+                         "bound/bpd_empirical:min)")
     return p
 
 
@@ -224,7 +226,7 @@ def cmd_masks(args) -> int:
 def cmd_analyze(args) -> int:
     from analysis.load import ResultsError, load_trials, print_overview
     from analysis.pareto import parse_objectives
-    from analysis.summary import DEFAULT_OBJECTIVES, write_summaries
+    from analysis.summary import write_summaries
 
     try:
         frame = load_trials(args.experiment)
@@ -241,7 +243,7 @@ def cmd_analyze(args) -> int:
         raise BadInput(f"analyze: {exc.args[0] if exc.args else exc}; name metrics as in trials.csv, "
                        "e.g. --objectives adapter/effective_params:min eval/loss:min") from None
     front = written["front"]
-    console.print(f"Pareto front ({', '.join(f'{k} {v}' for k, v in (objectives or DEFAULT_OBJECTIVES).items())}): "
+    console.print(f"Pareto front ({', '.join(f'{k} {v}' for k, v in written['objectives'].items())}): "
                   f"{len(front)} of {written['configurations']} configuration(s) are non-dominated; "
                   f"wrote {written['summary_table']} and {written['pareto']}")
     if len(written["excluded"]):

@@ -97,3 +97,27 @@ def test_recommendation_lists_the_front_by_budget():
     lines = recommendation(table, front.on_front, {"params": "min", "loss": "min"})
     assert lines == ["params ≤ 10: type=a — loss 0.5 ± 0.1 over 2 seed(s)",
                      "params ≤ 30: type=c — loss 0.2 over 1 seed(s)"]
+
+
+@pytest.mark.parametrize(("types", "metrics", "expected"), [
+    (["masked", "masked"], {"mask/achieved_sparsity": [0.1, 0.5]}, "mask/achieved_sparsity"),
+    (["lora", "masked"], {"mask/achieved_sparsity": [NAN, 0.5]}, "adapter/effective_params"),
+    (["masked"], {}, "adapter/effective_params"),  # the family's metric is missing: the generic pair
+    (["sublora"], {"bound/kl_bits": [9000.0], "bound/bpd_empirical": [2.0]}, "bound/kl_bits"),
+])
+def test_default_objectives_follow_the_family(types, metrics, expected):
+    from analysis.families import default_objectives
+
+    frame = pd.DataFrame({"adapter.type": types, "eval/loss": [1.0] * len(types), **metrics})
+    assert next(iter(default_objectives(frame))) == expected
+
+
+def test_sparsity_quality_plot_writes_a_paper_width_png(tmp_path):
+    from analysis.plots import sparsity_quality
+
+    rows = [{"cell/adapter.mask": kind, "mask/target_sparsity mean": s, "eval/loss mean": 1 + s + k,
+             "eval/loss std": 0.1} for k, kind in enumerate(["unstructured", "structured"]) for s in (0.0, 0.5, 0.9)]
+    path = sparsity_quality(pd.DataFrame(rows), tmp_path / "s.png")
+    import matplotlib.image
+
+    assert matplotlib.image.imread(path).shape[1] > 500  # a real PNG at paper width

@@ -106,7 +106,11 @@ def test_analyze_reads_the_experiment(quickstart):
 
     frame = pd.read_csv(experiment / "summary.csv")
     assert len(frame) == 8 and set(frame["status"]) == {"TERMINATED"}
-    assert frame["eval/loss"].notna().all()
+    assert frame["eval/loss"].notna().all() and frame["flag"].fillna("").eq("").all()
+    # the long per-step table: every trial, from step 0 to its last step
+    history = pd.read_csv(experiment / "history.csv")
+    assert set(history["trial_id"]) == set(frame["trial_id"])
+    assert history.groupby("trial_id")["train/step"].agg(["min", "max"]).eq([0, 200]).all().all()
     # means over the two seeds per (adapter, rank), and the Pareto front of effective params vs eval loss
     table = pd.read_csv(experiment / "summary_table.csv")
     assert len(table) == 4 and set(table["n"]) == {2} and not table["fewer_seeds"].any()

@@ -44,3 +44,12 @@ def test_sparse_mask_grid_validates_every_trial_and_computes_each_mask_once(tmp_
                     "--storage", tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "0 computed, 10 reused" in again.stdout
+
+    # analyze: the masks family's front (sparsity up, loss down) and its sparsity-vs-quality figure
+    out = tmp_path / "analysis"
+    analyzed = run_cli("analyze", tmp_path / "sparse", "--out", out)
+    assert analyzed.returncode == 0, analyzed.stderr[-2000:]
+    assert "Pareto front (mask/achieved_sparsity max, eval/loss min)" in analyzed.stdout
+    assert (out / "sparsity_vs_quality.png").stat().st_size > 10_000
+    table = (out / "summary_table.md").read_text()
+    assert "mask/violations" in table
