@@ -96,6 +96,7 @@ def setup_context(config: dict[str, Any], session: Session, train_set, eval_set,
     # the sweep's storage root (shared storage on a cluster); outside a sweep, the local cache
     store = Path(config.get("_store") or default_cache_dir())
     return TrialContext(config=config, device=device, batches=batches, store=store, world_rank=session.world_rank,
+                        train_set=train_set,
                         evaluate=lambda m: evaluate(m, eval_set, config, session, pad_id))
 
 

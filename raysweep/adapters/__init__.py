@@ -19,6 +19,7 @@ FAMILIES: dict[str, str] = {
     "sora": "raysweep.adapters.sora:SoraAdapter",
     "sdora": "raysweep.adapters.sora:SdoraAdapter",
     "masked": "raysweep.adapters.masked:MaskedAdapter",
+    "sublora": "raysweep.adapters.sublora:SubloraAdapter",
 }
 
 

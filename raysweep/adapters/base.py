@@ -32,6 +32,7 @@ class TrialContext:
     evaluate: Callable[[Any], dict[str, float]]  # model -> eval metrics over the whole eval split
     store: Path  # a directory shared by all trials of all sweeps on this storage (e.g. masks computed once)
     world_rank: int = 0
+    train_set: Any = None  # the tokenized training examples (data.Example list) as the worker trains on them
 
 
 class Adapter:
