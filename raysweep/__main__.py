@@ -1,4 +1,4 @@
-"""Command line: run | plan | resume | analyze | masks. Thin: parses arguments and dispatches.
+"""Command line: run | plan | resume | analyze | masks | bounds. Thin: parses arguments and dispatches.
 
 Exit codes: 0 success, 1 some trial failed, 2 bad input (nothing launched), 130 interrupted.
 """
@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     masks.add_argument("overrides", nargs="*")
     masks.add_argument("--storage", default=None, help="storage root the sweep will use (default: grid 'storage' "
                        "or ~/ray_results); masks go to <storage>/masks/")
+
+    bounds = sub.add_parser("bounds", help="PAC-Bayes bounds of sublora trials (recomputed from checkpoints)")
+    bounds.add_argument("path", help="an experiment directory, a trial directory or a checkpoint directory")
+    bounds.add_argument("--levels", type=int, default=None, help="quantization levels of α (default: the trial's, 11)")
+    bounds.add_argument("--quantizer", choices=["uniform", "kmeans"], default=None)
+    bounds.add_argument("--sample", type=int, default=None, help="units evaluated for the empirical risk")
+    bounds.add_argument("--delta", type=float, default=None, help="confidence δ (default: the trial's, 0.05)")
 
     analyze = sub.add_parser("analyze", help="summarise a finished (or partial) experiment")
     analyze.add_argument("experiment")
@@ -223,6 +230,31 @@ def cmd_masks(args) -> int:
     return 0
 
 
+def cmd_bounds(args) -> int:
+    import json
+
+    from raysweep import checkpointing
+
+    path = Path(args.path).expanduser()
+    if not path.exists():
+        raise BadInput(f"{args.path}: no such directory; give an experiment, trial or checkpoint directory")
+    checkpoints = [c for c in checkpointing.find_checkpoints(path)
+                   if json.loads((c / checkpointing.TRIAL_CONFIG).read_text())["adapter"]["type"] == "sublora"]
+    if not checkpoints:
+        raise BadInput(f"{args.path}: no checkpoint of a sublora trial found there; bounds apply to "
+                       "adapter.type sublora (give its experiment, trial or checkpoint directory)")
+    from raysweep.sublora_bounds import bounds_for_checkpoint, summary, write_report
+
+    overrides = {k: v for k, v in {"bound_levels": args.levels, "bound_quantizer": args.quantizer,
+                                   "bound_sample": args.sample, "bound_delta": args.delta}.items() if v is not None}
+    for checkpoint in checkpoints:
+        with console.status(f"bounds of {checkpoint}"):
+            report = bounds_for_checkpoint(checkpoint, **overrides)
+        written = write_report(checkpoint, report)
+        console.print(f"[bold]{checkpoint}[/bold]\n{summary(report)}\nwrote {written}")
+    return 0
+
+
 def cmd_analyze(args) -> int:
     from analysis.load import ResultsError, load_trials, print_overview
     from analysis.pareto import parse_objectives
@@ -256,7 +288,7 @@ def cmd_analyze(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "plan": cmd_plan, "resume": cmd_resume, "analyze": cmd_analyze,
-               "masks": cmd_masks}[args.command]
+               "masks": cmd_masks, "bounds": cmd_bounds}[args.command]
     try:
         return handler(args)
     except BadInput as exc:

@@ -101,3 +101,17 @@ def load_layer_log(path: Path) -> list[dict]:
 
 def load_metrics(directory: Path) -> dict[str, Any]:
     return json.loads((directory / METRICS).read_text())
+
+
+def find_checkpoints(path: Path) -> list[Path]:
+    """The checkpoint(s) a user means by `path`: a checkpoint directory itself; a trial directory (its
+    latest checkpoint_*); or an experiment directory (every trial's latest checkpoint, from trials.csv)."""
+    path = Path(path).expanduser()
+    if (path / TRIAL_CONFIG).is_file():
+        return [path]
+    if (path / "trials.csv").is_file():
+        with (path / "trials.csv").open() as f:
+            found = [Path(row["checkpoint_path"]) for row in csv.DictReader(f) if row.get("checkpoint_path")]
+        return [p for p in found if (p / TRIAL_CONFIG).is_file()]
+    latest = sorted(p for p in path.glob("checkpoint_*") if (p / TRIAL_CONFIG).is_file())
+    return latest[-1:]

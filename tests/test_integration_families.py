@@ -53,3 +53,41 @@ def test_sparse_mask_grid_validates_every_trial_and_computes_each_mask_once(tmp_
     assert (out / "sparsity_vs_quality.png").stat().st_size > 10_000
     table = (out / "summary_table.md").read_text()
     assert "mask/violations" in table
+
+
+def test_sublora_allocation_grid_reports_bounds_and_the_cli_reproduces_them(tmp_path, builtin_model_dir):
+    import math
+
+    # the family's grid file, cut to one budget × {uniform, learned, fixed 0.2} × 1 seed, short training
+    proc = run_cli("run", "search_spaces/sublora_allocation.yaml",
+                   "grid=[{adapter.allocation_mode: [uniform, learned]}, "
+                   "{adapter.allocation_mode: fixed, adapter.allocation_ratio: 0.2}]",
+                   "train.max_steps=30", "train.eval_every=30", "adapter.bound_sample=200",
+                   "--storage", tmp_path, "--name", "sub")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_trials(tmp_path / "sub")
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"TERMINATED"}
+    for r in rows:
+        bits, kl = float(r["bound/compressed_bits"]), float(r["bound/kl_nats"])
+        assert kl == pytest.approx(bits * math.log(2))
+        for level in ("doc", "seq"):
+            bound, empirical = float(r[f"bound/{level}_bpd"]), float(r[f"bound/{level}_bpd_empirical"])
+            assert bound > empirical
+            assert (r[f"bound/{level}_vacuous_bpd"] == "True") == (bound > math.log2(307))  # builtin vocab
+        assert float(r["eval/loss"]) < float(r["eval/initial_loss"])
+        report = json.loads((Path(r["checkpoint_path"]) / "bounds.json").read_text())
+        assert report["message"]["total_bits"] == int(bits)
+    learned = next(r for r in rows if r["cell/adapter.allocation_mode"] == "learned")
+    assert 0 < float(learned["adapter/gamma_mean"]) < 1
+    gammas = (Path(learned["checkpoint_path"]) / "allocation.csv").read_text().splitlines()
+    assert len(gammas[0].split(",")) == 2 + 14  # step, overall, one γ per adapted module of the builtin model
+
+    # `raysweep bounds` recomputes every trial's bounds from its checkpoint, without Ray
+    again = run_cli("bounds", tmp_path / "sub")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("wrote ") == 3 and "document: bpd ≤" in again.stdout
+    for r in rows:
+        report = json.loads((Path(r["checkpoint_path"]) / "bounds.json").read_text())
+        assert report["metrics"]["bound/doc_bpd"] == pytest.approx(float(r["bound/doc_bpd"]), rel=1e-5)
+    bad = run_cli("bounds", tmp_path / "nothing-here")
+    assert bad.returncode == 2 and "nothing-here" in bad.stderr and "Traceback" not in bad.stderr

@@ -431,6 +431,7 @@ def test_learned_trial_resumes_exactly(learned_run, tmp_path):
 
 def test_token_task_has_document_and_sequence_units_and_subsampled_bounds(tmp_path, builtin_model_dir):
     from raysweep import data
+    from raysweep.builtin.tokens import N_TRAIN_DOCS
 
     cfg = trial_config(train={"max_steps": 10, "eval_every": 10, "lr": 0.03},
                        data={"task": "builtin_tokens", "max_seq_len": 64},
@@ -442,7 +443,7 @@ def test_token_task_has_document_and_sequence_units_and_subsampled_bounds(tmp_pa
     docs = data.load_token_documents(cfg["data"], "train")
     n_blocks = -(-sum(len(x) for x in docs) // 64)
     doc, seq = report["levels"]["document"], report["levels"]["sequence"]
-    assert doc["units"] == len(docs) == 300 and seq["units"] == n_blocks
+    assert doc["units"] == len(docs) == N_TRAIN_DOCS and seq["units"] == n_blocks
     assert doc["sampled"] == seq["sampled"] == 40 and doc["subsampled"] and seq["subsampled"]
     assert doc["bpd"]["bound"]["sampling"] > 0 and doc["bpd"]["bound"]["delta_sample"] == pytest.approx(0.025)
     assert set(doc["top_k"]) == {"1", "5", "20"}

@@ -336,6 +336,9 @@ class SubloraAdapter(LoraAdapter):
     Options = SubloraOptions
     use_dora = False
     LAYER_LOG = ALLOCATION_LOG  # learned mode: step, overall (mean γ), γ per adapted module
+    PROGRESS_COLUMNS = (("d", "option", "intrinsic_dim"), ("allocation", "option", "allocation_mode"),
+                        ("B share", "option", "allocation_ratio"), ("γ mean", "metric", M.ADAPTER_GAMMA_MEAN),
+                        ("bpd bound", "metric", M.BOUND_DOC_BPD))
 
     def __init__(self, cfg: dict[str, Any]):
         super().__init__(cfg)
