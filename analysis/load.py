@@ -64,8 +64,27 @@ def load_trials(experiment: str | Path) -> pd.DataFrame:
             frame = frame.drop(columns="_checkpoint")
     if len(frame):
         frame["flag"] = frame.apply(_flag, axis=1)
+        if "checkpoint_path" in frame:
+            frame["checkpoint_path"] = frame["checkpoint_path"].map(lambda p: _relocate(p, _recorded_root(root), root))
     return frame
 
+
+def _recorded_root(root: Path) -> str | None:
+    """Where the experiment was when it ran (storage/name in raysweep.yaml), to find moved files."""
+    import yaml
+
+    saved = yaml.safe_load((root / SWEEP_FILE).read_text()) or {}
+    return str(Path(saved["storage"]) / saved["name"]) if saved.get("storage") and saved.get("name") else None
+
+
+def _relocate(path, old_root: str | None, root: Path):
+    """A recorded absolute path inside the experiment, rewritten under its current location when the
+    experiment was copied or moved (e.g. to a laptop) and the recorded one no longer exists."""
+    if not isinstance(path, str) or not path or not old_root or Path(path).exists():
+        return path
+    if path == old_root or path.startswith(old_root.rstrip("/") + "/"):
+        return str(root / path[len(old_root):].lstrip("/"))
+    return path
 
 def _flag(row: pd.Series) -> str:
     """Why a trial's numbers need care: '' (finished normally), early-stopped, error, or unfinished."""

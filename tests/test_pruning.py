@@ -201,3 +201,11 @@ def test_trials_share_one_mask_and_report_validation(tmp_path):
         report = json.loads((session.checkpoints[-1] / masked.VALIDATION_REPORT).read_text())
         assert report["violations"] == 0 and report["target_sparsity"] == 0.3
     assert len(mask_store.computations(tmp_path / mask_store.MASKS_DIR)) == 1
+
+
+def test_prune_modules_selects_layers_by_name_suffix(builtin_model_dir, tmp_path):
+    _, adapter, _, metrics, _ = masked_model(builtin_model_dir, tmp_path, sparsity=0.5, prune_modules=["q_proj"])
+    assert list(adapter.layers) == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
+    assert metrics[M.MASK_ACHIEVED_SPARSITY] == 0.5
+    with pytest.raises(ValueError, match="prune_modules.*matches no linear layer"):
+        masked_model(builtin_model_dir, tmp_path / "x", sparsity=0.5, prune_modules=["qproj"])
