@@ -12,14 +12,17 @@ import pandas as pd
 
 ADAPTERS = {"adapter/effective_params": "min", "eval/loss": "min"}
 MASKS = {"mask/achieved_sparsity": "max", "eval/loss": "min"}
-SUBLORA = {"bound/kl_bits": "min", "bound/bpd_empirical": "min"}
+# SubLoRA: complexity (KL of the compressed α, nats) against the quantized model's empirical bits per token;
+# the second view, compressed size against the bound, is a figure of its own (SUBLORA_BOUND_VIEW)
+SUBLORA = {"bound/kl_nats": "min", "bound/doc_bpd_empirical": "min"}
+SUBLORA_BOUND_VIEW = {"bound/compressed_bits": "min", "bound/doc_bpd": "min"}
 
 OBJECTIVES = {"adapters": ADAPTERS, "masks": MASKS, "sublora": SUBLORA}
 METRICS = {
     "adapters": [],
     "masks": ["mask/target_sparsity", "mask/achieved_sparsity", "mask/violations", "mask/merged_zero_fraction"],
-    "sublora": ["bound/kl_bits", "bound/compressed_bits", "bound/bpd_empirical", "bound/bpd", "bound/top1_error",
-                "bound/top1_error_empirical"],
+    "sublora": ["adapter/gamma_mean", "bound/kl_nats", "bound/compressed_bits", "bound/doc_bpd_empirical",
+                "bound/doc_bpd", "bound/doc_top1_error_empirical", "bound/doc_top1_error"],
 }
 
 
@@ -41,9 +44,31 @@ def default_objectives(frame: pd.DataFrame) -> dict[str, str]:
 
 
 def figures(frame: pd.DataFrame, table: pd.DataFrame, out: Path) -> list[Path]:
+    """The family's own figures (paths of the PNGs written into `out`)."""
     family = family_of(frame)
     if family == "masks" and "mask/target_sparsity mean" in table:
         from analysis.plots import sparsity_quality
 
         return [sparsity_quality(table, out / "sparsity_vs_quality.png")]
+    if family == "sublora":
+        return sublora_figures(frame, table, out)[0]
     return []
+
+
+def sublora_figures(frame: pd.DataFrame, table: pd.DataFrame, out: Path) -> tuple[list[Path], list[str]]:
+    """The compressed-size-vs-bound front (frontier_compressed_vs_bound.png) and the SubLoRA figures of
+    sublora_plots (γ heatmap and trend over depth, compression views, allocation grid); returns (paths, notes)."""
+    from analysis.pareto import pareto_front
+    from analysis.plots import frontier
+    from analysis.sublora_plots import write_figures
+
+    paths, notes = [], []
+    means = table.rename(columns={f"{m} mean": m for m in SUBLORA_BOUND_VIEW})
+    if len(table) and all(m in means and means[m].notna().any() for m in SUBLORA_BOUND_VIEW):
+        (x, _), (y, _) = SUBLORA_BOUND_VIEW.items()
+        front = pareto_front(means, SUBLORA_BOUND_VIEW)
+        paths.append(frontier(table, x, y, front.on_front, out / "frontier_compressed_vs_bound.png"))
+    else:
+        notes.append("frontier_compressed_vs_bound.png: not drawn, " + " and ".join(SUBLORA_BOUND_VIEW) + " not reported")
+    more, more_notes = write_figures(frame, table, out)
+    return paths + more, notes + more_notes

@@ -33,24 +33,49 @@ def _save(plt, fig, ax, xlabel: str, ylabel: str, path: Path, legend_size: int) 
     return path
 
 
+def varying(table: pd.DataFrame, axes: list[str]) -> list[str]:
+    """The axes that take more than one value in `table` (all of them when none does): figure labels name only
+    what tells configurations apart."""
+    return [a for a in axes if table[a].nunique(dropna=False) > 1] or axes
+
+
 def label(row: pd.Series, axes: list[str]) -> str:
     return ", ".join(f"{a.removeprefix('cell/').split('.')[-1]}={row[a]}" for a in axes if pd.notna(row[a]))
 
 
+FRONT_KEYS = 12  # front points named in the key under the plot (the rest are numbered only)
+
+
 def frontier(table: pd.DataFrame, x: str, y: str, on_front: pd.Series, path: Path) -> Path:
-    """Configurations as points (mean ± std over seeds as error bars), the non-dominated ones joined."""
+    """Configurations as points (mean ± std over seeds as error bars), the non-dominated ones joined and
+    numbered; a key under the plot names each numbered configuration by the axes that vary in the sweep
+    (long labels written next to the points squeezed the plot to a sliver)."""
     plt = _plt()
     axes = config_axes(table)
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    axes = varying(table, axes)
+    front = table[on_front.to_numpy()].sort_values(f"{x} mean")
+    keys = [f"{i}: {label(row, axes)}" for i, (_, row) in enumerate(front.iterrows(), 1)]
+    if len(keys) > FRONT_KEYS:
+        keys = [*keys[:FRONT_KEYS], f"… {len(keys) - FRONT_KEYS} more (pareto.csv)"]
+    key_h = 0.13 * len(keys) + (0.1 if keys else 0)
+    fig, ax = plt.subplots(figsize=(4.8, 3.4 + key_h))
     xm, ym = table[f"{x} mean"], table[f"{y} mean"]
     ax.errorbar(xm, ym, xerr=table.get(f"{x} std"), yerr=table.get(f"{y} std"), fmt="o", ms=4, color="0.55",
                 ecolor="0.75", capsize=2, label="configuration")
-    front = table[on_front.to_numpy()].sort_values(f"{x} mean")
     ax.plot(front[f"{x} mean"], front[f"{y} mean"], "-o", color="C3", ms=5, label="Pareto front")
-    for _, row in front.iterrows():
-        ax.annotate(label(row, axes), (row[f"{x} mean"], row[f"{y} mean"]), fontsize=6, xytext=(3, 3),
+    for i, (_, row) in enumerate(front.iterrows(), 1):
+        ax.annotate(str(i), (row[f"{x} mean"], row[f"{y} mean"]), fontsize=7, color="C3", xytext=(3, 3),
                     textcoords="offset points")
-    return _save(plt, fig, ax, x, y, path, legend_size=7)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.legend(fontsize=7)
+    fig.tight_layout(rect=(0, key_h / fig.get_figheight(), 1, 1))
+    if keys:
+        fig.text(0.02, 0.06 / fig.get_figheight(), "\n".join(keys), fontsize=6, va="bottom", ha="left",
+                 linespacing=1.3)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def curves(history: pd.DataFrame, metric: str, path: Path) -> Path:
@@ -58,15 +83,27 @@ def curves(history: pd.DataFrame, metric: str, path: Path) -> Path:
     plt = _plt()
     data = history.dropna(subset=[metric])
     axes = [a for a in config_axes(data) if a != "status"]
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
-    for i, (key, group) in enumerate(data.groupby(axes, dropna=False) if axes else [((), data)]):
+    groups = list(data.groupby(axes, dropna=False) if axes else [((), data)])
+    shown = varying(data, axes) if axes else axes
+    below = len(groups) > 4  # many configurations: the legend goes under the plot, not over the curves
+    fig, ax = plt.subplots(figsize=(4.8, 3.4 + (0.13 * len(groups) + 0.2 if below else 0)))
+    for i, (key, group) in enumerate(groups):
         stats = group.groupby("train/step")[metric].agg(["mean", "std"]).reset_index()
         name = ", ".join(f"{a.removeprefix('cell/').split('.')[-1]}={v}" for a, v in
-                         zip(axes, key if isinstance(key, tuple) else (key,), strict=True) if pd.notna(v))
+                         zip(axes, key if isinstance(key, tuple) else (key,), strict=True) if pd.notna(v) and a in shown)
         ax.plot(stats["train/step"], stats["mean"], color=f"C{i % 10}", lw=1.2, label=name)
         ax.fill_between(stats["train/step"], stats["mean"] - stats["std"].fillna(0),
                         stats["mean"] + stats["std"].fillna(0), color=f"C{i % 10}", alpha=0.2, lw=0)
-    return _save(plt, fig, ax, "step", metric, path, legend_size=6)
+    if not below:
+        return _save(plt, fig, ax, "step", metric, path, legend_size=6)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=2 if len(groups) > 12 else 1,
+              frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def sparsity_heatmap(log: pd.DataFrame, title: str, path: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -103,7 +104,8 @@ def test_recommendation_lists_the_front_by_budget():
     (["masked", "masked"], {"mask/achieved_sparsity": [0.1, 0.5]}, "mask/achieved_sparsity"),
     (["lora", "masked"], {"mask/achieved_sparsity": [NAN, 0.5]}, "adapter/effective_params"),
     (["masked"], {}, "adapter/effective_params"),  # the family's metric is missing: the generic pair
-    (["sublora"], {"bound/kl_bits": [9000.0], "bound/bpd_empirical": [2.0]}, "bound/kl_bits"),
+    (["sublora"], {"bound/kl_nats": [9000.0], "bound/doc_bpd_empirical": [2.0]}, "bound/kl_nats"),
+    (["sublora"], {"bound/kl_bits": [9000.0], "bound/bpd_empirical": [2.0]}, "adapter/effective_params"),  # old names
 ])
 def test_default_objectives_follow_the_family(types, metrics, expected):
     from analysis.families import default_objectives
@@ -121,3 +123,159 @@ def test_sparsity_quality_plot_writes_a_paper_width_png(tmp_path):
     import matplotlib.image
 
     assert matplotlib.image.imread(path).shape[1] > 500  # a real PNG at paper width
+
+
+def test_sublora_default_objectives_are_kl_against_empirical_bpd():
+    from analysis.families import METRICS, default_objectives
+
+    frame = pd.DataFrame({"adapter.type": ["sublora"] * 2, "eval/loss": [1.0, 2.0], "bound/kl_nats": [2300.0, 2700.0],
+                          "bound/doc_bpd_empirical": [5.9, 5.8], "bound/doc_bpd": [8.7, 8.9]})
+    assert default_objectives(frame) == {"bound/kl_nats": "min", "bound/doc_bpd_empirical": "min"}
+    assert {"bound/kl_nats", "bound/compressed_bits", "bound/doc_bpd", "bound/doc_bpd_empirical"} <= set(
+        METRICS["sublora"])
+
+
+# ---------------------------------------------------------------- SubLoRA figures
+
+MODULES = [f"model.layers.{b}.{part}.{kind}_proj" for b in (0, 1)
+           for part, kind in [("self_attn", "q"), ("self_attn", "v"), ("mlp", "up")]]
+
+
+def _checkpoint(root, name, allocation=None, gamma=None, vocab=307, mode="learned", d=1000):
+    path = root / name / "checkpoint_000002"
+    path.mkdir(parents=True)
+    bounds = {"hypothesis": {"intrinsic_dim": d, "allocation_mode": mode, "vocab_size": vocab}}
+    if gamma is not None:
+        bounds["gamma"] = dict(zip(MODULES, gamma, strict=True))
+    (path / "bounds.json").write_text(json.dumps(bounds))
+    if allocation is not None:
+        rows = ["step,overall," + ",".join(MODULES)]
+        rows += [",".join(map(str, [step, sum(g) / len(g), *g])) for step, g in allocation]
+        (path / "allocation.csv").write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def _sublora_frame(tmp_path):
+    """Five learned trials (d = 1000: seeds 0-2 and an errored seed 3 / d = 2000: seed 0 without files) and a
+    uniform one: seed 0 logs allocation.csv (its last row counts), seed 1 only bounds.json's γ."""
+    last = [0.4, 0.5, 0.6, 0.3, 0.55, 0.7]
+    rows = [
+        ("t0", 1000, "learned", 0, "TERMINATED", _checkpoint(tmp_path, "t0", [(0, [0.5] * 6), (100, last)])),
+        ("t1", 1000, "learned", 1, "TERMINATED", _checkpoint(tmp_path, "t1", gamma=[0.2, 0.5, 0.6, 0.5, 0.45, 0.3])),
+        ("t2", 1000, "learned", 3, "ERROR", _checkpoint(tmp_path, "t2", [(100, [0.9] * 6)])),
+        ("t3", 2000, "learned", 0, "TERMINATED", None),
+        ("t4", 1000, "uniform", 0, "TERMINATED", _checkpoint(tmp_path, "t4", mode="uniform")),
+    ]
+    return pd.DataFrame(rows, columns=["trial_id", "cell/adapter.intrinsic_dim", "cell/adapter.allocation_mode",
+                                       "cell/train.seed", "status", "checkpoint_path"]).assign(**{"adapter.type": "sublora"})
+
+
+def test_final_gammas_reads_the_last_logged_row_else_bounds_json_and_says_what_it_skipped(tmp_path):
+    from analysis.sublora_plots import final_gammas
+
+    gammas, skipped = final_gammas(_sublora_frame(tmp_path))
+    assert gammas["trial_id"].tolist() == ["t0", "t1"] and gammas["seed"].tolist() == [0, 1]
+    assert list(gammas.columns[3:]) == MODULES  # model order
+    assert gammas[MODULES].to_numpy().tolist() == [[0.4, 0.5, 0.6, 0.3, 0.55, 0.7], [0.2, 0.5, 0.6, 0.5, 0.45, 0.3]]
+    assert gammas["intrinsic_dim"].tolist() == [1000.0, 1000.0]
+    assert len(skipped) == 2 and skipped[0].startswith("t2: ERROR") and skipped[1].startswith("t3: no allocation.csv")
+
+
+@pytest.mark.parametrize(("name", "block", "kind"), [
+    ("model.layers.0.self_attn.q_proj", 0, "q"), ("model.layers.11.mlp.down_proj", 11, "down"),
+    ("transformer.h.3.attn.c_attn", 3, "c_attn"), ("lm_head", None, "lm_head"),
+])
+def test_module_block_and_kind(name, block, kind):
+    from analysis.sublora_plots import module_block, module_kind
+
+    assert (module_block(name), module_kind(name)) == (block, kind)
+
+
+def test_gamma_by_depth_is_mean_and_std_over_seeds_per_kind_and_block(tmp_path):
+    from analysis.sublora_plots import final_gammas, gamma_by_depth
+
+    depth = gamma_by_depth(final_gammas(_sublora_frame(tmp_path))[0]).set_index(["kind", "block"])
+    assert len(depth) == 6 and set(depth["n"]) == {2}
+    assert depth.loc[("q", 0), "mean"] == pytest.approx(0.3) and depth.loc[("q", 0), "std"] == pytest.approx(0.1 * 2**0.5)
+    assert depth.loc[("v", 1), "mean"] == pytest.approx(0.5) and depth.loc[("up", 1), "mean"] == pytest.approx(0.5)
+
+
+def _sublora_table(seeds=3):
+    """Per-configuration table as over_seeds builds it: 2 d × {uniform, fixed .2/.8, learned}; one seed: std NaN."""
+    rows = []
+    for d in (1000, 2000):
+        for k, (mode, ratio) in enumerate([("learned", NAN), ("uniform", NAN), ("fixed", 0.8), ("fixed", 0.2)]):
+            for seed in range(seeds):
+                rows.append({"cell/adapter.intrinsic_dim": d, "cell/adapter.allocation_mode": mode,
+                             "cell/adapter.allocation_ratio": ratio, "cell/train.seed": seed,
+                             "bound/kl_nats": 2000 + d + 100 * k + seed, "bound/compressed_bits": 3000 + d + 140 * k,
+                             "bound/doc_bpd": 7.9 + 0.2 * k + 0.01 * seed, "bound/doc_bpd_empirical": 5.9 - 0.01 * k,
+                             "eval/loss": 4.1 - 0.01 * k + 0.001 * seed})
+    metrics = ["bound/kl_nats", "bound/compressed_bits", "bound/doc_bpd", "bound/doc_bpd_empirical", "eval/loss"]
+    return over_seeds(pd.DataFrame(rows), metrics)
+
+
+def test_allocation_table_labels_and_orders_configurations():
+    from analysis.sublora_plots import allocation_label, allocation_table
+
+    table = allocation_table(_sublora_table())
+    assert table["allocation"].tolist() == ["uniform", "fixed 0.2", "fixed 0.8", "learned"] * 2
+    assert table["d"].tolist() == [1000] * 4 + [2000] * 4
+    assert allocation_table(_sublora_table()[["bound/kl_nats mean"]].assign(**{"adapter/effective_params mean": 50.0})
+                            )["allocation"].tolist() == ["sublora"] * 8  # no allocation axis, d from the params
+    assert allocation_label("fixed", NAN) == "fixed" and allocation_label("fixed", 0.5) == "fixed 0.5"
+
+
+@pytest.mark.parametrize("seeds", [3, 1])  # one seed: std NaN, no error bars
+@pytest.mark.parametrize("draw", ["complexity_vs_empirical", "complexity_vs_bound", "size_vs_performance",
+                                  "allocation_grid"])
+def test_sublora_configuration_figures_write_pngs(tmp_path, draw, seeds):
+    import matplotlib.image
+
+    from analysis import sublora_plots
+
+    function = getattr(sublora_plots, draw)
+    extra = {"vocab_size": 307} if draw in ("complexity_vs_bound", "allocation_grid") else {}
+    path = function(_sublora_table(seeds), tmp_path / f"{draw}.png", **extra, skipped=["t9: ERROR (not finished)"])
+    assert matplotlib.image.imread(path).shape[1] > 500
+
+
+def test_sublora_gamma_figures_write_pngs(tmp_path):
+    import matplotlib.image
+
+    from analysis.sublora_plots import final_gammas, gamma_by_depth, gamma_depth, gamma_heatmap
+
+    gammas, skipped = final_gammas(_sublora_frame(tmp_path))
+    for path in (gamma_heatmap(gammas, tmp_path / "h.png", skipped),
+                 gamma_depth(gamma_by_depth(gammas), tmp_path / "d.png", skipped)):
+        assert matplotlib.image.imread(path).shape[1] > 500
+
+
+def test_family_figures_for_sublora_tolerate_a_partial_experiment(tmp_path):
+    from analysis.families import figures, sublora_figures
+
+    frame = _sublora_frame(tmp_path)
+    paths = figures(frame, _sublora_table(1), tmp_path)
+    assert sorted(p.name for p in paths) == sorted([
+        "frontier_compressed_vs_bound.png", "sublora_gamma_heatmap.png", "sublora_gamma_depth.png",
+        "sublora_kl_vs_empirical_bpd.png", "sublora_kl_vs_bpd_bound.png", "sublora_size_vs_eval_loss.png",
+        "sublora_allocation_grid.png"])
+    assert all(p.is_file() for p in paths)
+    # nothing finished with bounds and no learned trial: no figure, no crash, notes say why
+    bare = frame.assign(status="ERROR")
+    paths, notes = sublora_figures(bare, _sublora_table(1)[["cell/adapter.intrinsic_dim", "n", "eval/loss mean"]],
+                                   tmp_path / "bare")
+    assert paths == [] and any("bound/compressed_bits" in n for n in notes) and any("γ figures" in n for n in notes)
+
+
+def test_frontier_keys_name_only_the_axes_that_vary(tmp_path):
+    import matplotlib.image
+
+    from analysis.plots import frontier, varying
+
+    table = pd.DataFrame({"cell/adapter.intrinsic_dim": [1000, 2000], "adapter.type": ["sublora"] * 2, "adapter.r": [8, 8],
+                          "kl mean": [1.0, 2.0], "kl std": [0.1, NAN], "bpd mean": [6.0, 5.0], "bpd std": [NAN, NAN]})
+    assert varying(table, ["cell/adapter.intrinsic_dim", "adapter.type", "adapter.r"]) == ["cell/adapter.intrinsic_dim"]
+    assert varying(table.iloc[:1], ["adapter.type", "adapter.r"]) == ["adapter.type", "adapter.r"]  # none varies: all
+    path = frontier(table, "kl", "bpd", pd.Series([True, True]), tmp_path / "f.png")
+    assert matplotlib.image.imread(path).shape[1] > 500
