@@ -63,10 +63,22 @@ def load_trials(experiment: str | Path) -> pd.DataFrame:
             frame["checkpoint_path"] = frame["_checkpoint"] if reported is None else reported.fillna(frame["_checkpoint"])
             frame = frame.drop(columns="_checkpoint")
     if len(frame):
+        if "adapter.type" not in frame or frame["adapter.type"].isna().any():
+            # a running experiment has no trials.csv yet: the family comes from the grid cell or the base config
+            frame["adapter.type"] = _adapter_types(frame, root)
         frame["flag"] = frame.apply(_flag, axis=1)
         if "checkpoint_path" in frame:
             frame["checkpoint_path"] = frame["checkpoint_path"].map(lambda p: _relocate(p, _recorded_root(root), root))
     return frame
+
+
+def _adapter_types(frame: pd.DataFrame, root: Path) -> pd.Series:
+    import yaml
+
+    base = ((yaml.safe_load((root / SWEEP_FILE).read_text()) or {}).get("adapter") or {}).get("type", "lora")
+    known = frame["adapter.type"] if "adapter.type" in frame else pd.Series(index=frame.index, dtype=object)
+    cell = frame["cell/adapter.type"] if "cell/adapter.type" in frame else pd.Series(index=frame.index, dtype=object)
+    return known.fillna(cell).fillna(base)
 
 
 def _recorded_root(root: Path) -> str | None:

@@ -82,6 +82,9 @@ def curves(history: pd.DataFrame, metric: str, path: Path) -> Path:
     """`metric` over steps per configuration: mean line with a ±std band over seeds."""
     plt = _plt()
     data = history.dropna(subset=[metric])
+    if metric.startswith("eval/") and "eval/step" in data:
+        # reports between evals repeat the last eval's numbers: plot each eval at the step it was measured
+        data = data[data["eval/step"] == data["train/step"]]
     axes = [a for a in config_axes(data) if a != "status"]
     groups = list(data.groupby(axes, dropna=False) if axes else [((), data)])
     shown = varying(data, axes) if axes else axes

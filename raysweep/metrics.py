@@ -20,6 +20,7 @@ EVAL_PPL = "eval/ppl"
 EVAL_ACCURACY = "eval/accuracy"
 EVAL_BEST_LOSS = "eval/best_loss"
 EVAL_INITIAL_LOSS = "eval/initial_loss"
+EVAL_STEP = "eval/step"  # the step the eval/* numbers of a report were measured at (reports between evals repeat them)
 SYS_MEM_MB = "sys/mem_mb"
 SYS_SETUP_S = "sys/setup_s"  # run_training entry -> training loop ready (model, data, optimizer, resume)
 SYS_STARTED_AT = "sys/started_at"  # unix time the trial's training code started (start-up benchmarks)
@@ -85,7 +86,7 @@ CHECKPOINT_PATH = "checkpoint_path"  # added by Ray's TuneReportCallback when a 
 
 ALL_METRICS = (
     TRAIN_LOSS, TRAIN_LR, TRAIN_TOKENS_PER_S, TRAIN_STEP, TRAIN_EPOCH, TRAIN_TOKENS, TRAIN_EARLY_STOPPED,
-    EVAL_LOSS, EVAL_PPL, EVAL_ACCURACY, EVAL_BEST_LOSS, EVAL_INITIAL_LOSS, SYS_MEM_MB, SYS_SETUP_S,
+    EVAL_LOSS, EVAL_PPL, EVAL_ACCURACY, EVAL_BEST_LOSS, EVAL_INITIAL_LOSS, EVAL_STEP, SYS_MEM_MB, SYS_SETUP_S,
     SYS_STARTED_AT, SYS_MODEL_LOAD_S, SYS_BASE_CACHED, SYS_PID, SYS_TIME,
     ADAPTER_TRAINABLE_PARAMS, ADAPTER_EFFECTIVE_PARAMS, ADAPTER_TOTAL_PARAMS, ADAPTER_SPARSITY,
     ADAPTER_NEAR_ZERO_GATES, ADAPTER_LIVE_RANKS, MASK_TARGET_SPARSITY, MASK_ACHIEVED_SPARSITY, MASK_VIOLATIONS,

@@ -248,6 +248,7 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     def run_eval() -> None:
         nonlocal best_adapter_state
         last_eval.update(evaluate(model, eval_set, config, session, pad_id))
+        last_eval[M.EVAL_STEP] = state["step"]  # reports between evals repeat these numbers: say from when
         loss = last_eval[M.EVAL_LOSS]
         if state["initial_loss"] is None:
             state["initial_loss"] = loss

@@ -279,3 +279,36 @@ def test_frontier_keys_name_only_the_axes_that_vary(tmp_path):
     assert varying(table.iloc[:1], ["adapter.type", "adapter.r"]) == ["adapter.type", "adapter.r"]  # none varies: all
     path = frontier(table, "kl", "bpd", pd.Series([True, True]), tmp_path / "f.png")
     assert matplotlib.image.imread(path).shape[1] > 500
+
+
+def test_eval_curves_use_only_the_reports_where_the_eval_ran(tmp_path, monkeypatch):
+    from analysis import plots
+
+    history = pd.DataFrame({"trial_id": ["a"] * 4, "train/step": [0, 10, 20, 30], "eval/step": [0, 0, 20, 20],
+                            "eval/loss": [5.0, 5.0, 2.0, 2.0]})
+    seen = {}
+    real = plots._save
+
+    def spy(plt, fig, ax, *args, **kwargs):
+        seen["x"] = list(ax.lines[0].get_xdata())
+        return real(plt, fig, ax, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    plots.curves(history, "eval/loss", tmp_path / "c.png")
+    assert seen["x"] == [0, 20]  # not the stale repeats at steps 10 and 30
+
+
+def test_a_running_experiment_without_trials_csv_still_knows_its_family(tmp_path):
+    import json as _json
+
+    from analysis.families import family_of
+    from analysis.load import load_trials
+
+    (tmp_path / "raysweep.yaml").write_text("adapter: {type: masked}\n")
+    for i in range(2):
+        trial = tmp_path / f"t{i}_x"
+        trial.mkdir()
+        (trial / "params.json").write_text(_json.dumps({"cell": {"adapter.sparsity": 0.1 * i}}))
+        (trial / "result.json").write_text(_json.dumps({"trial_id": f"t{i}", "eval/loss": 1.0}) + "\n")
+    frame = load_trials(tmp_path)
+    assert list(frame["adapter.type"]) == ["masked", "masked"] and family_of(frame) == "masks"

@@ -91,3 +91,15 @@ def test_sublora_allocation_grid_reports_bounds_and_the_cli_reproduces_them(tmp_
         assert report["metrics"]["bound/doc_bpd"] == pytest.approx(float(r["bound/doc_bpd"]), rel=1e-5)
     bad = run_cli("bounds", tmp_path / "nothing-here")
     assert bad.returncode == 2 and "nothing-here" in bad.stderr and "Traceback" not in bad.stderr
+
+    # analyze after the experiment moved (as if copied to a laptop): the family's front and figures, which
+    # read each trial's checkpoint files (allocation.csv, bounds.json) from their new place
+    moved = tmp_path / "laptop" / "sub"
+    moved.parent.mkdir()
+    (tmp_path / "sub").rename(moved)
+    analyzed = run_cli("analyze", moved)
+    assert analyzed.returncode == 0, analyzed.stderr[-2000:]
+    assert "Pareto front (bound/kl_nats min, bound/doc_bpd_empirical min)" in analyzed.stdout
+    for figure in ("sublora_gamma_heatmap.png", "sublora_kl_vs_bpd_bound.png", "sublora_allocation_grid.png"):
+        assert (moved / figure).stat().st_size > 10_000, figure
+    assert (moved / "report.html").read_text().count("data:image/png;base64,") >= 8
