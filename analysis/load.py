@@ -53,6 +53,10 @@ def load_trials(experiment: str | Path) -> pd.DataFrame:
     if len(frame) and status_file.is_file():
         status = pd.read_csv(status_file, dtype={"trial_id": str})
         keep = ["trial_id", "status", "adapter.type", "adapter.r", "train.seed", "error"]
+        if {"launched_at", "ended_at"} <= set(status):  # wall time from launch to end, as the driver saw it
+            status["wall_time_s"] = pd.to_numeric(status["ended_at"], errors="coerce") - pd.to_numeric(
+                status["launched_at"], errors="coerce")
+            keep.append("wall_time_s")
         if "checkpoint_path" in status:  # actor-executor trials: Tune keeps the checkpoint, not the result
             keep.append("checkpoint_path")
             status = status.rename(columns={"checkpoint_path": "_checkpoint"})
@@ -117,6 +121,7 @@ def print_overview(console, frame: pd.DataFrame, experiment: str, out: Path | No
         console.print(f"{experiment}: no trials have reported yet")
         return
     cols = [c for c in ("trial_id", "status", "flag", "adapter.type", "adapter.r", "train.seed", "train/step",
+                        "wall_time_s",
                         "eval/loss", "eval/accuracy", "adapter/trainable_params") if c in frame]
     table = Table(title=f"{experiment}: {len(frame)} trial(s)", title_justify="left")
     for c in cols:

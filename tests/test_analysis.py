@@ -312,3 +312,14 @@ def test_a_running_experiment_without_trials_csv_still_knows_its_family(tmp_path
         (trial / "result.json").write_text(_json.dumps({"trial_id": f"t{i}", "eval/loss": 1.0}) + "\n")
     frame = load_trials(tmp_path)
     assert list(frame["adapter.type"]) == ["masked", "masked"] and family_of(frame) == "masks"
+
+
+def test_analysis_imports_no_ray_or_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, analysis.load, analysis.summary, analysis.families, analysis.sublora_plots, "
+            "analysis.plots; bad = [m for m in ('ray', 'torch', 'raysweep.worker') if m in sys.modules]; "
+            "print(bad); sys.exit(bool(bad))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

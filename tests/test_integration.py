@@ -107,6 +107,7 @@ def test_analyze_reads_the_experiment(quickstart):
     frame = pd.read_csv(experiment / "summary.csv")
     assert len(frame) == 8 and set(frame["status"]) == {"TERMINATED"}
     assert frame["eval/loss"].notna().all() and frame["flag"].fillna("").eq("").all()
+    assert (frame["wall_time_s"] > 1).all()  # launch to end, from trials.csv
     # the long per-step table: every trial, from step 0 to its last step
     history = pd.read_csv(experiment / "history.csv")
     assert set(history["trial_id"]) == set(frame["trial_id"])
