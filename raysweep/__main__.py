@@ -1,4 +1,4 @@
-"""Command line: run | plan | resume | analyze | masks | bounds. Thin: parses arguments and dispatches.
+"""Command line: run | plan | resume | analyze | masks | bounds | export. Thin: parses arguments and dispatches.
 
 Exit codes: 0 success, 1 some trial failed, 2 bad input (nothing launched), 130 interrupted.
 """
@@ -63,6 +63,22 @@ def _parser() -> argparse.ArgumentParser:
     bounds.add_argument("--quantizer", choices=["uniform", "kmeans"], default=None)
     bounds.add_argument("--sample", type=int, default=None, help="units evaluated for the empirical risk")
     bounds.add_argument("--delta", type=float, default=None, help="confidence δ (default: the trial's, 0.05)")
+
+    exp = sub.add_parser("export", help="export a trial's adapter (peft format) or merged model, checked against "
+                         "the trial's eval loss")
+    exp.add_argument("path", help="a checkpoint or trial directory, or an experiment directory with --best")
+    exp.add_argument("--out", required=True, help="where to write (a new or empty directory)")
+    exp.add_argument("--best", action="store_true", help="PATH is an experiment: export its best finished trial "
+                     "(by the experiment's search.metric and search.mode)")
+    exp.add_argument("--metric", default=None, help="with --best: rank the trials by this metric instead")
+    exp.add_argument("--mode", choices=["min", "max"], default=None, help="with --best: direction of --metric")
+    exp.add_argument("--merged", action="store_true", help="merge the adapter into the base model "
+                     "(merge_and_unload) and save the whole model with its tokenizer")
+    exp.add_argument("--weights", choices=["best", "final"], default="best", help="best: the trial's best eval "
+                     "loss (best_adapter/, default); final: the checkpoint's last step (adapter/)")
+    exp.add_argument("--tolerance", type=float, default=None, help="relative eval-loss difference allowed "
+                     "(default 1e-3; 5e-3 for bfloat16/float16 models)")
+    exp.add_argument("--no-check", action="store_true", help="do not evaluate the export")
 
     analyze = sub.add_parser("analyze", help="summarise a finished (or partial) experiment")
     analyze.add_argument("experiment")
@@ -255,6 +271,39 @@ def cmd_bounds(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from raysweep.export import ExportError, export
+
+    try:
+        with console.status(f"exporting to {args.out}"):
+            result = export(args.path, args.out, best=args.best, merged=args.merged, weights=args.weights,
+                            metric=args.metric, mode=args.mode, check=not args.no_check, tolerance=args.tolerance)
+    except ExportError as exc:
+        raise BadInput(str(exc)) from None
+    what = "merged model" if result.merged else "peft adapter"
+    console.print(f"{what} of trial {result.trial_id or '?'} ({result.weights} weights of {result.checkpoint}) "
+                  f"→ {result.out}", markup=False)
+    if result.selection:
+        s = result.selection
+        console.print(f"best of {s['trials_considered']} finished trial(s) by {s['metric']} ({s['mode']}): "
+                      f"{s['value']:.6g}")
+    if result.mask_violations is not None:
+        console.print(f"mask check: {result.mask_violations} of {result.masked_positions} masked weights are "
+                      "not 0 after merging")
+    if result.exported_loss is not None:
+        console.print(f"eval loss: export {result.exported_loss:.6g}, trial {result.reference_metric} "
+                      f"{result.reference_loss:.6g} (relative difference {result.rel_diff:.1e}, "
+                      f"tolerance {result.tolerance:g})")
+    elif result.note:
+        console.print(f"eval loss {result.note}", markup=False)
+    if result.passed is False:
+        err_console.print("[bold red]export check failed[/bold red] ", end="")
+        err_console.print("; ".join(result.problems()) + f"; the files are kept in {result.out} (export.json)",
+                          markup=False, highlight=False)
+        return EXIT_TRIAL_FAILED
+    return 0
+
+
 def cmd_analyze(args) -> int:
     from analysis.load import ResultsError, load_trials, print_overview
     from analysis.pareto import parse_objectives
@@ -288,7 +337,7 @@ def cmd_analyze(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "plan": cmd_plan, "resume": cmd_resume, "analyze": cmd_analyze,
-               "masks": cmd_masks, "bounds": cmd_bounds}[args.command]
+               "masks": cmd_masks, "bounds": cmd_bounds, "export": cmd_export}[args.command]
     try:
         return handler(args)
     except BadInput as exc:

@@ -136,6 +136,19 @@ def test_analyze_reads_the_experiment(quickstart):
     assert bad.returncode == 2 and "eval/nope" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_export_best_trial_merged_from_the_cli(quickstart, tmp_path):
+    _, experiment = quickstart
+    proc = run_cli("export", experiment, "--best", "--merged", "--out", tmp_path / "best")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "best of 8 finished trial(s) by eval/loss (min)" in proc.stdout and "relative difference" in proc.stdout
+    info = json.loads((tmp_path / "best" / "export.json").read_text())
+    best = min(read_trials(experiment), key=lambda r: float(r["eval/loss"]))
+    assert info["trial_id"] == best["trial_id"] and info["merged"] is True
+    assert (tmp_path / "best" / "config.json").is_file() and (tmp_path / "best" / "tokenizer.json").is_file()
+    again = run_cli("export", experiment, "--out", tmp_path / "x")  # an experiment needs --best
+    assert again.returncode == 2 and "--best" in again.stderr and "Traceback" not in again.stderr
+
+
 def test_quickstart_reuses_actors_and_their_cached_base_model(quickstart):
     """auto -> actor executor for 1-worker trials: 8 trials share 2 processes; all but the first trial in
     each process get the base model from that process's cache."""
