@@ -108,6 +108,8 @@ def _preflight(raw: dict, trials) -> None:
         problem = models.check_source(name)
         if problem:
             problems.append(problem)
+    if any(t.config.model.load_in_4bit for t in trials):
+        problems += [p for p in [models.check_quantization({"load_in_4bit": True})] if p]
     seen = set()
     for t in trials:
         key = t.config.data.model_dump_json()
@@ -293,7 +295,9 @@ def cmd_export(args) -> int:
     if result.exported_loss is not None:
         console.print(f"eval loss: export {result.exported_loss:.6g}, trial {result.reference_metric} "
                       f"{result.reference_loss:.6g} (relative difference {result.rel_diff:.1e}, "
-                      f"tolerance {result.tolerance:g})")
+                      f"tolerance {result.tolerance:g})", markup=False)
+        if result.note:
+            console.print(result.note, markup=False)
     elif result.note:
         console.print(f"eval loss {result.note}", markup=False)
     if result.passed is False:

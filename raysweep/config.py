@@ -34,6 +34,12 @@ class ModelConfig(_Section):
         "float32", description="dtype the base weights are loaded in"
     )
     trust_remote_code: bool = Field(False, description="passed to transformers' from_pretrained")
+    load_in_4bit: bool = Field(False, description="QLoRA: load the base in 4-bit through bitsandbytes (the quant "
+                               "extra), frozen, with peft's k-bit training preparation")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type (QLoRA: nf4)")
+    bnb_4bit_use_double_quant: bool = Field(True, description="also quantize the quantization constants (QLoRA)")
+    bnb_4bit_compute_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="dtype of the 4-bit layers' matmuls (empty: model.dtype)")
 
 
 class DataConfig(_Section):
@@ -370,6 +376,10 @@ def validate_trial(raw: dict[str, Any], prefix: str = "") -> tuple[TrialConfig |
     except ValidationError as exc:
         return None, pydantic_issues(TrialConfig, exc, prefix)
     issues = validate_adapter_options(trial.adapter, f"{prefix}.adapter" if prefix else "adapter")
+    if trial.model.load_in_4bit and trial.adapter.type == "masked":
+        issues.append(ConfigIssue(f"{prefix}.model.load_in_4bit" if prefix else "model.load_in_4bit",
+                                  "adapter 'masked' prunes the base weights (W ⊙ M), which 4-bit loading stores "
+                                  "quantized; set model.load_in_4bit: false, or use lora/dora/sora/sdora/sublora"))
     return (None if issues else trial), issues
 
 

@@ -278,6 +278,15 @@ def export(path: str | Path, out: str | Path, *, best: bool = False, merged: boo
     shutil.copy(checkpoint / checkpointing.TRIAL_CONFIG, out / checkpointing.TRIAL_CONFIG)
     _write_info(result, cfg, saved_metrics)  # complete even if the check below crashes
     if check and reference is not None:
+        if merged and cfg["model"].get("load_in_4bit"):
+            # the merge goes into the full-precision base, whose loss differs from the nf4 base the adapter
+            # trained on (by the quantization error, ~3% on the builtin model): check the merge against the
+            # same adapter unmerged on that full-precision base, and report the trial's own loss beside it
+            full = dict(cfg, model=dict(cfg["model"], load_in_4bit=False))
+            result.reference_loss = _evaluate_export(full, out, False, masked, adapter_dir=adapter_dir)
+            result.reference_metric = "adapter unmerged on the full-precision base"
+            result.note = (f"4-bit trial merged into the full-precision base; the trial's {REFERENCE[weights]} on "
+                           f"its 4-bit base was {reference:.6g} ({result.reference_loss / reference - 1:+.2%} here)")
         result.exported_loss = _evaluate_export(cfg, out, merged, masked)
         _write_info(result, cfg, saved_metrics)
     return result
@@ -355,7 +364,10 @@ def _write_merged(cfg: dict[str, Any], adapter_dir: Path, out: Path, masked: boo
     """Merge in float32 (one rounding to the trial's dtype at the end), save; (masked positions, violations)."""
     import torch
 
-    model = _adapted(dict(cfg["model"], dtype="float32"), adapter_dir, masked).merge_and_unload()
+    # a 4-bit (QLoRA) trial merges into the full-precision base, as QLoRA adapters are deployed: merging into
+    # nf4 weights would re-quantize the update away
+    full = dict(cfg["model"], dtype="float32", load_in_4bit=False)
+    model = _adapted(full, adapter_dir, masked).merge_and_unload()
     model = model.to(getattr(torch, cfg["model"].get("dtype", "float32")))
     counts: tuple[int | None, int | None] = (None, None)
     if masked:
@@ -391,8 +403,9 @@ def mask_violations(model, masks: dict[str, Any]) -> tuple[int, int]:
     return positions, violations
 
 
-def _evaluate_export(cfg: dict[str, Any], out: Path, merged: bool, masked: bool) -> float:
-    """Load the export back from `out` as a user would and evaluate it on the trial's eval split."""
+def _evaluate_export(cfg: dict[str, Any], out: Path, merged: bool, masked: bool, adapter_dir: Path | None = None) -> float:
+    """Load the export back from `out` as a user would and evaluate it on the trial's eval split (the adapter
+    from `adapter_dir` instead, when given: the unmerged reference of a 4-bit trial's merged export)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -405,7 +418,7 @@ def _evaluate_export(cfg: dict[str, Any], out: Path, merged: bool, masked: bool)
         model = AutoModelForCausalLM.from_pretrained(str(out), dtype=getattr(torch, cfg["model"].get("dtype", "float32")),
                                                      trust_remote_code=remote)
     else:
-        model = _adapted(cfg["model"], out, masked)
+        model = _adapted(cfg["model"], adapter_dir or out, masked)
     tokenizer = AutoTokenizer.from_pretrained(str(out), trust_remote_code=remote)
     _, eval_set = data.load_splits(tokenizer, cfg["data"], seed=cfg["train"]["seed"])
     session = LocalSession(out)

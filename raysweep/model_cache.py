@@ -49,9 +49,17 @@ def stamp(path: str | Path) -> tuple:
     return tuple(stamp)
 
 
+QUANT_KEYS = ("load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")
+
+
+def _quant(model_cfg: dict[str, Any]) -> str:
+    return json.dumps({k: model_cfg.get(k) for k in QUANT_KEYS} if model_cfg.get("load_in_4bit") else None,
+                      sort_keys=True)
+
+
 def _model_key(model_cfg: dict[str, Any], source: str, device) -> tuple:
     return (source, stamp(source), model_cfg.get("dtype", "float32"), bool(model_cfg.get("trust_remote_code")),
-            json.dumps(model_cfg.get("quantization"), sort_keys=True), str(device))
+            _quant(model_cfg), str(device))
 
 
 def identity(model_cfg: dict[str, Any]) -> list:
@@ -66,7 +74,7 @@ def identity(model_cfg: dict[str, Any]) -> list:
         return ["builtin", MODEL_VERSION, model_cfg.get("dtype", "float32")]
     source = models.resolve(model_cfg["name_or_path"])
     return [source, [list(s) for s in stamp(source)], model_cfg.get("dtype", "float32"),
-            json.dumps(model_cfg.get("quantization"), sort_keys=True)]
+            _quant(model_cfg)]
 
 
 def clear() -> None:
@@ -119,12 +127,12 @@ def base_model(model_cfg: dict[str, Any], device) -> tuple[Any, Any, bool, float
     source = models.resolve(model_cfg["name_or_path"])
     key = _model_key(model_cfg, source, device)
     if not enabled():
-        model, tokenizer = models.load(model_cfg)
+        model, tokenizer = models.load(model_cfg, device)
         return model.to(device), tokenizer, False, time.perf_counter() - t0
     hit = _base is not None and _base[0] == key
     if not hit:
         clear()  # one base per process: free the old one before loading the next
-        model, tokenizer = models.load(model_cfg)
+        model, tokenizer = models.load(model_cfg, device)
         model.to(device)
         model.requires_grad_(False)
         _base = (key, model, tokenizer)

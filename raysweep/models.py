@@ -47,15 +47,52 @@ def resolve(name_or_path: str) -> str:
     return str(path) if path.exists() else name_or_path
 
 
-def load(model_cfg: dict[str, Any]):
-    """(model, tokenizer) on CPU in the configured dtype; the caller moves it to its device."""
+QUANT_MISSING = ("model.load_in_4bit needs bitsandbytes, which is not installed; install the quant extra "
+                 "(pip install -e '.[quant]') or set model.load_in_4bit: false")
+
+
+def check_quantization(model_cfg: dict[str, Any]) -> str | None:
+    """A problem with 4-bit loading found before Ray starts (None: fine or not asked for). No import."""
+    import importlib.util
+
+    if model_cfg.get("load_in_4bit") and importlib.util.find_spec("bitsandbytes") is None:
+        return QUANT_MISSING
+    return None
+
+
+def quantization_config(model_cfg: dict[str, Any]):
+    """transformers' BitsAndBytesConfig for `model.load_in_4bit` (QLoRA: nf4 + double quantization by
+    default; matmuls in bnb_4bit_compute_dtype, else the model dtype), or None."""
+    if not model_cfg.get("load_in_4bit"):
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = model_cfg.get("bnb_4bit_compute_dtype") or model_cfg.get("dtype", "float32")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=model_cfg.get("bnb_4bit_quant_type", "nf4"),
+                              bnb_4bit_use_double_quant=model_cfg.get("bnb_4bit_use_double_quant", True),
+                              bnb_4bit_compute_dtype=getattr(torch, compute))
+
+
+def load(model_cfg: dict[str, Any], device=None):
+    """(model, tokenizer) in the configured dtype: on CPU for the caller to move, except a 4-bit model, which
+    bitsandbytes quantizes while loading straight onto `device` (quantized weights are not moved after)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve(model_cfg["name_or_path"])
     dtype = getattr(torch, model_cfg.get("dtype", "float32"))
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.get("trust_remote_code", False))
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, trust_remote_code=model_cfg.get("trust_remote_code", False)
-    )
-    return model, tokenizer
+    trust = model_cfg.get("trust_remote_code", False)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
+    quant = quantization_config(model_cfg)
+    if quant is None:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust), tokenizer
+    if check_quantization(model_cfg):
+        raise RuntimeError(QUANT_MISSING)
+    from peft import prepare_model_for_kbit_training
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust, quantization_config=quant,
+                                                 device_map={"": str(device or "cpu")})
+    # QLoRA's k-bit preparation: frozen base, norms and head in float32 for stable training; gradient
+    # checkpointing is the trial's own choice (train.gradient_checkpointing), not forced here
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer

@@ -103,3 +103,15 @@ def test_sublora_allocation_grid_reports_bounds_and_the_cli_reproduces_them(tmp_
     for figure in ("sublora_gamma_heatmap.png", "sublora_kl_vs_bpd_bound.png", "sublora_allocation_grid.png"):
         assert (moved / figure).stat().st_size > 10_000, figure
     assert (moved / "report.html").read_text().count("data:image/png;base64,") >= 8
+
+
+def test_qlora_grid_trains_4bit_trials_end_to_end(tmp_path, builtin_model_dir, builtin_task_files):
+    proc = run_cli("run", "search_spaces/qlora_sft.yaml", "grid.train.seed=[0]", "train.max_steps=40",
+                   "train.eval_every=20", "train.checkpoint_every=20", "--storage", tmp_path, "--name", "q")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_trials(tmp_path / "q")
+    assert sorted(r["adapter.type"] for r in rows) == ["dora", "lora"] and {r["status"] for r in rows} == {"TERMINATED"}
+    for r in rows:
+        assert float(r["eval/loss"]) < 0.8 * float(r["eval/initial_loss"])
+        config = json.loads((Path(r["checkpoint_path"]) / "trial_config.json").read_text())
+        assert config["model"]["load_in_4bit"] is True and config["model"]["bnb_4bit_quant_type"] == "nf4"
