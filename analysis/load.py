@@ -53,6 +53,8 @@ def load_trials(experiment: str | Path) -> pd.DataFrame:
     if len(frame) and status_file.is_file():
         status = pd.read_csv(status_file, dtype={"trial_id": str})
         keep = ["trial_id", "status", "adapter.type", "adapter.r", "train.seed", "error"]
+        if "stopped_by" in status:  # the trial scheduler (asha, median) that stopped a trial early
+            keep.append("stopped_by")
         if {"launched_at", "ended_at"} <= set(status):  # wall time from launch to end, as the driver saw it
             status["wall_time_s"] = pd.to_numeric(status["ended_at"], errors="coerce") - pd.to_numeric(
                 status["launched_at"], errors="coerce")
@@ -103,12 +105,17 @@ def _relocate(path, old_root: str | None, root: Path):
     return path
 
 def _flag(row: pd.Series) -> str:
-    """Why a trial's numbers need care: '' (finished normally), early-stopped, error, or unfinished."""
+    """Why a trial's numbers need care: '' (finished normally), 'stopped by <scheduler>' (a trial scheduler
+    such as asha ended it before train.max_steps: its numbers are from that step), early-stopped (its own
+    patience), error, or unfinished."""
     status = row.get("status")
     if status == "ERROR":
         return "error"
     if isinstance(status, str) and status != "TERMINATED":
         return "unfinished"
+    stopped_by = row.get("stopped_by")
+    if isinstance(stopped_by, str) and stopped_by:
+        return f"stopped by {stopped_by}"
     if row.get("train/early_stopped") in (True, "True", 1):
         return "early-stopped"
     return ""

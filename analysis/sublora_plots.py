@@ -67,7 +67,8 @@ def _trial_dim(trial: pd.Series, bounds: dict | None) -> float:
 def _finished(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     if "status" not in frame:
         return frame, []
-    done = frame["status"] == "TERMINATED"
+    stopped = frame.get("flag", pd.Series("", index=frame.index)).fillna("").str.startswith("stopped by")
+    done = (frame["status"] == "TERMINATED") & ~stopped  # scheduler-stopped trials did not run their budget
     skipped = [f"{t}: {s} (not finished)" for t, s in zip(frame.loc[~done, "trial_id"], frame.loc[~done, "status"],
                                                            strict=True)]
     return frame[done], skipped

@@ -25,7 +25,8 @@ def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] |
     with `on_front`; the front is taken on the seed means). Returns the paths and what was excluded."""
     objectives = objectives or families.default_objectives(frame)
     out.mkdir(parents=True, exist_ok=True)
-    finished = frame[frame["status"] == "TERMINATED"] if "status" in frame else frame
+    finished = frame[ran_to_end(frame)]
+    stopped = _stopped_by(frame)
     metrics = list(dict.fromkeys([*SUMMARY_METRICS, *families.METRICS[families.family_of(frame)], *objectives]))
     metrics = [m for m in metrics if m in frame]
     table = over_seeds(finished, metrics, config_axes(frame))
@@ -42,6 +43,10 @@ def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] |
     table.assign(on_front=front.on_front).to_csv(out / "pareto.csv", index=False)
     figures = write_figures(frame, table, objectives, front.on_front, out)
     notes = [f"{len(frame)} trial(s), {len(finished)} finished; {len(table)} configuration(s)."]
+    if len(stopped):
+        by = ", ".join(sorted(stopped.unique()))
+        notes.append(f"{len(stopped)} trial(s) stopped early by {by}: left out of the table (their numbers are "
+                     "from an earlier step); a configuration shows only its seeds that ran to the end.")
     if len(front.excluded):
         notes.append(f"{len(front.excluded)} configuration(s) left out of the front (missing or non-finite objective).")
     write_report(out / "report.html", title=f"raysweep: {Path(str(frame['trial_path'].iloc[0])).parent.name}",
@@ -50,7 +55,24 @@ def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] |
     return {"report": out / "report.html", "figures": figures, "objectives": objectives, "summary_table": out / "summary_table.csv", "pareto": out / "pareto.csv",
             "markdown": (out / "summary_table.md").read_text(),
             "front": table[front.on_front], "excluded": table.loc[front.excluded],
-            "configurations": len(table), "unfinished": len(frame) - len(finished)}
+            "configurations": len(table), "unfinished": len(frame) - len(finished), "stopped": len(stopped)}
+
+
+def ran_to_end(frame: pd.DataFrame) -> pd.Series:
+    """Trials whose final numbers are final: TERMINATED and not stopped early by a trial scheduler (asha,
+    median: those ran fewer steps). A trial that stopped itself by patience counts: it ended where its own
+    rule said, keeping its best adapter."""
+    if "status" not in frame:
+        return pd.Series(True, index=frame.index)
+    return (frame["status"] == "TERMINATED") & ~frame.index.isin(_stopped_by(frame).index)
+
+
+def _stopped_by(frame: pd.DataFrame) -> pd.Series:
+    """The scheduler name of every trial a trial scheduler stopped early (trials.csv `stopped_by`)."""
+    if "stopped_by" not in frame:
+        return pd.Series(dtype=object)
+    names = frame["stopped_by"].fillna("").astype(str)
+    return names[names != ""]
 
 
 def write_figures(frame: pd.DataFrame, table: pd.DataFrame, objectives: dict[str, str], on_front: pd.Series,

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 some trial failed, 2 bad input (nothing launched), 130 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -39,9 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
     run.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
 
-    plan = sub.add_parser("plan", help="expand and validate a grid; print the trials (no compute)")
+    plan = sub.add_parser("plan", help="expand and validate a grid; print the trials, resources and (once "
+                          "calibrated) estimated wall time and device-hours")
     plan.add_argument("grid")
     plan.add_argument("overrides", nargs="*")
+    plan.add_argument("--calibrate", action="store_true", help="run a few steps of one trial per distinct "
+                      "model/adapter shape here (no Ray; ~5 s each) and cache them, for the time estimate")
 
     resume = sub.add_parser("resume", help="continue an interrupted sweep (finished trials are kept)")
     resume.add_argument("experiment", help="experiment directory, e.g. ~/ray_results/quickstart")
@@ -121,10 +125,17 @@ def _preflight(raw: dict, trials) -> None:
 
 
 def cmd_plan(args) -> int:
+    from raysweep import estimate
     from raysweep.plan import print_plan
 
     raw, sweep, trials = _load(args.grid, args.overrides)
-    print_plan(console, sweep, trials)
+    if args.calibrate:  # needs the model and data, like `run`
+        _preflight(raw, trials)
+        _ensure_builtin(trials)
+    with console.status("calibrating") if args.calibrate else contextlib.nullcontext():
+        est, source = estimate.for_sweep(sweep, trials, calibrate_now=args.calibrate,
+                                         log=lambda m: console.print(m, markup=False, highlight=False))
+    print_plan(console, sweep, trials, est, source)
     return 0
 
 
@@ -176,6 +187,9 @@ def cmd_run(args) -> int:
     from raysweep import space, tune_driver
     from raysweep.progress import ProgressCallback
 
+    problem = tune_driver.setup_problem(raw, dashboard=not args.no_dashboard, address=args.address)
+    if problem:  # before anything is written or Ray starts
+        raise BadInput(problem)
     Path(experiment_path).mkdir(parents=True, exist_ok=True)
     # the resolved executor is part of the experiment: `resume` must rebuild the same trainable even if
     # what `auto` means changes in a later version
@@ -186,6 +200,10 @@ def cmd_run(args) -> int:
     at_once = tune_driver.slots(saved)
     console.print(f"[bold]{len(trials)} trial(s)[/bold] × num_samples {sweep.search.num_samples}, "
                   f"{at_once} at once, executor {sweep.resources.resolved_executor()} → {experiment_path}")
+    from raysweep.estimate import header_line  # cached calibrations only: `run` never calibrates
+
+    if line := header_line(sweep, trials, at_once):
+        console.print(line)
     callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(saved, cell), console)
     try:
         tune_driver.run(saved, trials, str(storage), name, [callback], at_once)
@@ -207,6 +225,9 @@ def cmd_resume(args) -> int:
                        "or Tune experiment state); give the path printed by `raysweep run`")
     raw, sweep, trials = _load(str(sweep_file), [])
     _preflight(raw, trials)
+    problem = tune_driver.setup_problem(raw, dashboard=not args.no_dashboard, address=args.address)
+    if problem:
+        raise BadInput(problem)
     _ensure_builtin(trials)
     tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose)
     callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(raw, cell), console)

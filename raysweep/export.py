@@ -208,7 +208,9 @@ def _best_trial(experiment: Path, metric: str | None, mode: str | None) -> Sourc
     if "status" not in frame:
         raise ExportError(f"{experiment}: no {TRIALS_FILE}, so which trials finished is unknown; give a trial "
                           "directory instead of --best")
-    finished = frame[frame["status"] == "TERMINATED"]
+    # a trial a scheduler (asha, median) stopped early did not run its budget: not a candidate
+    stopped = frame.get("flag", pd.Series("", index=frame.index)).fillna("").str.startswith("stopped by")
+    finished = frame[(frame["status"] == "TERMINATED") & ~stopped]
     if finished.empty:
         counts = ", ".join(f"{n} {s}" for s, n in frame["status"].fillna("unknown").value_counts().items())
         raise ExportError(f"{experiment}: no finished (TERMINATED) trial ({counts}); resume the experiment or "

@@ -1,8 +1,11 @@
-"""`raysweep plan`: the trial table, the count and what each trial asks of the cluster. No compute."""
+"""`raysweep plan`: the trial table, the count and what each trial asks of the cluster; with a calibration
+(`--calibrate`, or one cached earlier for every trial shape on this machine) also each trial's estimated
+seconds and the sweep's wall time and device-hours (estimate.py)."""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -10,8 +13,14 @@ from rich.table import Table
 from raysweep import config as C
 from raysweep.space import Trial
 
+if TYPE_CHECKING:
+    from raysweep.estimate import Estimate
 
-def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial]) -> None:
+
+def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial], estimate: Estimate | None = None,
+               source: str | None = None) -> None:
+    """The plan; `estimate` adds the est. column and the total, `source` says where its numbers come from
+    (or, without an estimate, why there is none)."""
     axes = list(dict.fromkeys(k for t in trials for k in t.cell))
     table = Table(title=f"{sweep.name}: {len(trials)} trial(s)", title_justify="left")
     table.add_column("#", justify="right")
@@ -21,8 +30,9 @@ def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial]) -> None:
         table.add_column(key)
     # adapter, rank and seed are shown even when they are not axes
     fixed = [k for k in ("adapter.type", "adapter.r", "train.seed") if k not in axes]
-    for col in (*fixed, "steps", "workers", "CPU", "GPU"):
+    for col in (*fixed, "steps", "workers", "CPU", "GPU") + (("est.",) if estimate else ()):
         table.add_column(col, justify="right")
+    seconds = estimate.cell_seconds() if estimate else {}
     for t in trials:
         c = t.config
         steps = c.train.max_steps if c.train.max_steps else f"{c.train.epochs} ep"
@@ -32,6 +42,8 @@ def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial]) -> None:
         values = {"adapter.type": c.adapter.type, "adapter.r": c.adapter.r, "train.seed": c.train.seed}
         row += [str(values[k]) for k in fixed] + [str(steps), str(res.num_workers),
                 f"{res.cpus_per_worker * res.num_workers:g}", f"{res.gpus_per_worker * res.num_workers:g}"]
+        if estimate:  # seconds the trial holds its slot (start-up included), first sample
+            row.append(f"{seconds[t.index]:.0f} s")
         table.add_row(*row)
     console.print(table)
     n = len(trials) * sweep.search.num_samples
@@ -51,6 +63,25 @@ def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial]) -> None:
     else:
         console.print(f"trials at once: the cluster's GPUs ÷ {res.gpus_per_worker * res.num_workers:g}")
     console.print(f"ranked by: {sweep.search.metric} ({sweep.search.mode})")
+    if estimate:
+        print_estimate(console, sweep, estimate, source)
+    elif source:
+        console.print(source, markup=False, highlight=False)
+
+
+def print_estimate(console: Console, sweep: C.Sweep, est: Estimate, source: str | None) -> None:
+    from raysweep.estimate import hours_text, human
+
+    console.print(f"[bold]estimated total: ~{human(est.wall_s)} wall[/bold] ({len(est.trials)} trial(s) on "
+                  f"{est.slots} slot(s): {human(est.makespan_s)} of trials + {human(est.overhead_s)} Ray start/stop), "
+                  f"[bold]{hours_text(est.device_hours)}[/bold] reserved; executor {est.executor}"
+                  + (f", ×{est.contention:g} for trials sharing the CPU" if est.contention != 1 else ""))
+    if source:
+        console.print(f"  {source}", markup=False, highlight=False)
+    stops = sweep.search.scheduler != "fifo" or sweep.train.early_stopping.patience
+    for note in est.notes + (["an upper bound: trials may stop early (search.scheduler / "
+                              "train.early_stopping)"] if stops else []):
+        console.print(f"  note: {note}")
 
 
 def describe_executor(res) -> str:

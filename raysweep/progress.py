@@ -18,7 +18,8 @@ from raysweep import metrics as M
 
 NO_ERROR_FILE = "failed (see the trial's error.txt)"
 STATUS_STYLE = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "PENDING": "dim", "PAUSED": "yellow",
-                "INTERRUPTED": "yellow"}
+                "INTERRUPTED": "yellow", "STOPPED": "magenta"}
+STOPPED = "STOPPED"  # shown (never saved as a status) for a trial that a trial scheduler stopped early
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -32,6 +33,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
 class TrialRecord:
     """What we show and save per trial; filled from Tune callbacks (driver process only)."""
 
+    stopped_by = ""  # the trial scheduler that stopped it before train.max_steps ('' if none did)
+
     def __init__(self, trial_id: str, cell: dict[str, Any], resolved: dict[str, Any]):
         self.trial_id = trial_id
         self.cell = cell
@@ -44,6 +47,24 @@ class TrialRecord:
         self.checkpoint_path = ""  # latest Tune checkpoint (actor executor; train trials report theirs)
         self.launched_at: float | None = None  # wall clock, this driver: Tune started the trial
         self.ended_at: float | None = None  # ... and saw it finish or fail
+
+    @property
+    def shown_status(self) -> str:
+        """The status in tables and log lines: STOPPED for a scheduler-stopped trial (saved as TERMINATED)."""
+        return STOPPED if self.stopped_by else self.status
+
+
+def stopped_early(status: str, last: dict[str, Any], resolved: dict[str, Any]) -> bool:
+    """A trial that Tune ended (TERMINATED) before its last step without stopping itself (patience).
+
+    Tune reports a scheduler's stop like a finished trial (`on_trial_complete`), so the trial's own numbers
+    tell them apart: a trial that runs to its end always reports its last step (train.max_steps; schedulers
+    require it), and one that stops itself by patience says so (train/early_stopped)."""
+    max_steps = (resolved.get("train") or {}).get("max_steps")
+    step = last.get(M.TRAIN_STEP)
+    if status != "TERMINATED" or not max_steps or step is None:
+        return False
+    return int(step) < int(max_steps) and last.get(M.TRAIN_EARLY_STOPPED) not in (True, "True", 1)
 
 
 class ProgressCallback(Callback):
@@ -62,6 +83,7 @@ class ProgressCallback(Callback):
         self.records: dict[str, TrialRecord] = {}
         self._live: Live | None = None
         self._last_print = 0.0
+        self._scheduler: str | None = None
 
     def __getstate__(self) -> dict:
         # Tune pickles the RunConfig (callbacks included) into the experiment dir; consoles and the
@@ -98,6 +120,7 @@ class ProgressCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         rec = self._record(trial)
         rec.status, rec.finished, rec.ended_at = "TERMINATED", True, time.time()
+        self._mark_stopped(rec)
         self._line(rec)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -135,9 +158,26 @@ class ProgressCallback(Callback):
             rec.checkpoint_path = checkpoint.path
         if not rec.last and getattr(trial, "last_result", None):
             rec.last = dict(trial.last_result)  # trials restored from a previous run
+        if rec.finished:
+            self._mark_stopped(rec)  # also a trial stopped in an earlier run (resume)
         if rec.status == "ERROR" and rec.error in ("", NO_ERROR_FILE):
             rec.error = read_error(rec.path)  # Tune may write error.txt after on_trial_error
         return rec
+
+    def _mark_stopped(self, rec: TrialRecord) -> None:
+        rec.stopped_by = self.scheduler() if stopped_early(rec.status, rec.last, rec.resolved) else ""
+
+    def scheduler(self) -> str:
+        """search.scheduler of this experiment (from its raysweep.yaml), to say who stopped a trial."""
+        if getattr(self, "_scheduler", None) is None:
+            import yaml
+
+            try:
+                saved = yaml.safe_load((Path(self.experiment_path) / "raysweep.yaml").read_text()) or {}
+                self._scheduler = str((saved.get("search") or {}).get("scheduler") or "scheduler")
+            except (OSError, yaml.YAMLError):
+                self._scheduler = "scheduler"
+        return self._scheduler
 
     def _refresh(self) -> None:
         if self._live:
@@ -149,17 +189,21 @@ class ProgressCallback(Callback):
     def _line(self, rec: TrialRecord) -> None:
         if self._live:
             return
-        text = Text(f"{rec.status:<10} {rec.trial_id}  {describe(rec)}", style=STATUS_STYLE.get(rec.status, ""))
+        status = rec.shown_status
+        text = Text(f"{status:<10} {rec.trial_id}  {describe(rec)}", style=STATUS_STYLE.get(status, ""))
         if rec.error:
             text.append(f"  {rec.error}")
         else:
             text.append(f"  eval/loss={_fmt(rec.last.get(M.EVAL_LOSS))}")
+        if rec.stopped_by:
+            text.append(f"  (stopped by {rec.stopped_by} at step {_fmt(rec.last.get(M.TRAIN_STEP))} of "
+                        f"{rec.resolved['train']['max_steps']})")
         self.console.print(text)
 
     def table(self) -> Table:
         counts: dict[str, int] = {}
         for rec in self.records.values():
-            counts[rec.status] = counts.get(rec.status, 0) + 1
+            counts[rec.shown_status] = counts.get(rec.shown_status, 0) + 1
         title = "  ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "starting"
         table = Table(title=f"raysweep · {title}", title_justify="left")
         # family columns (e.g. λ and gate sparsity for sora, mask and violations for masked): the union over
@@ -173,7 +217,7 @@ class ProgressCallback(Callback):
             table.add_column(col, justify="right" if col not in ("trial", "status", "adapter") else "left")
         for rec in self.records.values():
             last = rec.last
-            row = [rec.trial_id, Text(rec.status, style=STATUS_STYLE.get(rec.status, "")),
+            row = [rec.trial_id, Text(rec.shown_status, style=STATUS_STYLE.get(rec.shown_status, "")),
                    str(rec.resolved["adapter"]["type"]), str(rec.resolved["adapter"]["r"]),
                    str(rec.resolved["train"]["seed"])]
             row += [_fmt(_option(rec.resolved["adapter"], key)) for _, _, key in options]
@@ -190,11 +234,11 @@ class ProgressCallback(Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["trial_id", "status", "adapter.type", "adapter.r", "train.seed",
+            w.writerow(["trial_id", "status", "stopped_by", "adapter.type", "adapter.r", "train.seed",
                         *[f"cell/{k}" for k in cell_keys], *metric_keys, "checkpoint_path", "error", "trial_path",
                         "launched_at", "ended_at"])
             for r in self.records.values():
-                w.writerow([r.trial_id, r.status, r.resolved["adapter"]["type"], r.resolved["adapter"]["r"],
+                w.writerow([r.trial_id, r.status, r.stopped_by, r.resolved["adapter"]["type"], r.resolved["adapter"]["r"],
                             r.resolved["train"]["seed"], *[r.cell.get(k, "") for k in cell_keys],
                             *[r.last.get(k, "") for k in metric_keys], checkpoint_of(r),
                             r.error, r.path, r.launched_at or "", r.ended_at or ""])
@@ -253,11 +297,14 @@ def read_error(trial_path: str) -> str:
 
 def print_summary(console: Console, records: dict[str, TrialRecord], experiment_path: str,
                   metric: str, mode: str) -> None:
-    """Best trial per adapter, the experiment path and the commands to resume and analyze."""
-    done = [r for r in records.values() if r.status == "TERMINATED" and r.last.get(metric) is not None]
+    """Best trial per adapter (among trials that ran to their end: a trial a scheduler stopped early has
+    its numbers from an earlier step), the experiment path and the commands to resume and analyze."""
+    stopped = [r for r in records.values() if r.stopped_by]
+    done = [r for r in records.values() if r.status == "TERMINATED" and not r.stopped_by and r.last.get(metric) is not None]
     failed = [r for r in records.values() if r.status == "ERROR"]
     unfinished = [r for r in records.values() if r.status not in ("TERMINATED", "ERROR")]
-    table = Table(title=f"best trial per adapter by final {metric} ({mode})", title_justify="left")
+    table = Table(title=f"best trial per adapter by final {metric} ({mode}), trials that ran to their end",
+                  title_justify="left")
     for col in ("adapter", "trial", "rank", "seed", metric, "eval/accuracy", "trainable params"):
         table.add_column(col)
     best: dict[str, TrialRecord] = {}
@@ -271,7 +318,9 @@ def print_summary(console: Console, records: dict[str, TrialRecord], experiment_
                       _fmt(r.last[metric]), _fmt(r.last.get(M.EVAL_ACCURACY), 3),
                       _fmt(r.last.get(M.ADAPTER_TRAINABLE_PARAMS)))
     console.print(table)
-    console.print(f"{len(done)} finished, {len(failed)} failed, {len(unfinished)} unfinished")
+    by = ", ".join(sorted({r.stopped_by for r in stopped}))
+    console.print(f"{len(done)} finished, " + (f"{len(stopped)} stopped early by {by}, " if stopped else "")
+                  + f"{len(failed)} failed, {len(unfinished)} unfinished")
     for r in failed:
         console.print(Text(f"  ERROR {r.trial_id} ({describe(r)}): {r.error}", style="red"))
     console.print(f"experiment: {experiment_path}")

@@ -18,6 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
+
+from raysweep import metrics as M
 from raysweep import space
 
 SWEEP_FILE = "raysweep.yaml"  # the resolved grid file, saved in the experiment dir for resume/analysis
@@ -125,11 +128,38 @@ def slots(sweep_raw: dict[str, Any]) -> int:
     return max(1, math.floor(cluster.get("CPU", 1) / (res.cpus_per_worker * res.num_workers)))
 
 
+_dashboard: bool | None = None  # whether init_ray started a local Ray with its dashboard (None: not known)
+
+
+def setup_problem(sweep_raw: dict[str, Any], dashboard: bool | None, address: str | None = None) -> str | None:
+    """Why this sweep cannot run on this Ray setup, or None.
+
+    A trial scheduler stopping a `train`-executor trial ends the trial's driver process; its TorchTrainer
+    controller dies with it, and Ray Train's PlacementGroupCleaner frees the workers' placement group by
+    polling the controller's state through the dashboard's state API. Without the dashboard a stopped
+    trial's placement group can stay reserved: on Ray 2.60 here one of two such sweeps hung with no CPU
+    free and its next trial's group pending, the other ran 40 s slower (DESIGN.md pitfalls). Trials of the `actor` executor
+    stop inside their own process and need nothing of this.
+    """
+    search = space.C.SearchConfig(**(sweep_raw.get("search") or {}))
+    if search.scheduler != "fifo" and executor(sweep_raw) == "train" and dashboard is False and not address:
+        return (f"search.scheduler {search.scheduler!r} with resources.executor 'train' needs the Ray dashboard "
+                "(Ray Train frees a stopped trial's workers through it; without it the sweep hangs): run "
+                "without --no-dashboard, or use resources.executor: actor (1-worker trials)")
+    return None
+
+
+class SetupError(RuntimeError):
+    """The sweep cannot run on this Ray setup (see `setup_problem`)."""
+
+
 def init_ray(address: str | None, dashboard: bool = True, verbose: bool = False) -> None:
     import ray
 
+    global _dashboard
     if ray.is_initialized():
         return
+    _dashboard = None if address else dashboard
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Ray Tune's own progress output is replaced by ours (progress.py)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -156,6 +186,73 @@ def build_trainable(sweep_raw: dict[str, Any], experiment_path: str):
     return tune.with_resources(trainable, {"cpu": 0, "memory": 1})
 
 
+# --------------------------------------------------------------------------------------------------
+# trial schedulers (search.scheduler): they judge trials on their evals only
+
+
+class _JudgeOnEvals:
+    """Hands a Tune scheduler one result per eval, timed by `eval/step`.
+
+    Every report of a trial carries its latest eval numbers, but log-only reports between evals repeat
+    them (`eval/step` says when they were measured), and how many log reports fall between two evals
+    depends on wall time (worker.MIN_REPORT_INTERVAL_S). So the scheduler's time attribute is `eval/step`
+    (the metric and its time always belong together) and it sees only a result whose eval it has not
+    seen: ASHA records a trial at a rung from the eval at that step (config.validate_scheduler keeps
+    rungs on evals), and the median rule's running means weigh every eval once. A trial is never stopped
+    at its last step (it is ending anyway) and never paused (the median rule pauses trials that lack
+    comparisons while others wait; here they just continue).
+    """
+
+    def _init_evals(self, max_steps: int) -> None:
+        self._max_steps = max_steps
+        self._judged: dict[str, float] = {}  # trial id -> the eval step last passed to the scheduler
+
+    def _new_eval(self, trial, result: dict) -> bool:
+        step = result.get(M.EVAL_STEP)
+        if step is None or step <= self._judged.get(trial.trial_id, -1):
+            return False
+        self._judged[trial.trial_id] = step
+        return True
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if not self._new_eval(trial, result):
+            return TrialScheduler.CONTINUE
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and result[M.EVAL_STEP] < self._max_steps:
+            return action
+        return TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        # Tune passes the last result again; the schedulers would count an eval they have seen twice
+        if self._new_eval(trial, result):
+            super().on_trial_complete(tune_controller, trial, result)
+
+
+def build_scheduler(sweep_raw: dict[str, Any]):
+    """The Tune scheduler of `search.scheduler` (None: Tune's FIFO), deciding on `search.metric`."""
+    search = space.C.SearchConfig(**(sweep_raw.get("search") or {}))
+    if search.scheduler == "fifo":
+        return None
+    train = space.C.TrainConfig(**(sweep_raw.get("train") or {"max_steps": 200}))
+    grace = search.resolved_grace_period(train.max_steps, train.eval_every)
+    common = {"time_attr": M.EVAL_STEP, "metric": search.metric, "mode": search.mode, "grace_period": grace}
+    if search.scheduler == "asha":
+        scheduler = _EvalASHA(max_t=train.max_steps, reduction_factor=search.reduction_factor, brackets=1,
+                              stop_last_trials=False, **common)
+    else:
+        scheduler = _EvalMedianStopping(min_samples_required=search.min_samples_required, hard_stop=True, **common)
+    scheduler._init_evals(train.max_steps)  # noqa: SLF001 - our own mixin
+    return scheduler
+
+
+class _EvalASHA(_JudgeOnEvals, ASHAScheduler):
+    pass
+
+
+class _EvalMedianStopping(_JudgeOnEvals, MedianStoppingRule):
+    pass
+
+
 def _trial_dirname(trial) -> str:
     cell = trial.config.get("cell", {})
     short = "_".join(f"{k.split('.')[-1]}={v}" for k, v in cell.items())
@@ -166,6 +263,9 @@ def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name
         max_concurrent: int):
     from ray import tune
 
+    problem = setup_problem(sweep_raw, _dashboard)
+    if problem:
+        raise SetupError(problem)
     experiment_path = os.path.join(storage, name)
     search = space.C.SearchConfig(**(sweep_raw.get("search") or {}))
     res = space.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
@@ -175,6 +275,7 @@ def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name
         param_space=space.param_space(trials),
         tune_config=tune.TuneConfig(
             num_samples=search.num_samples,
+            scheduler=build_scheduler(sweep_raw),
             max_concurrent_trials=max_concurrent,
             trial_dirname_creator=_trial_dirname,
             # the point of the actor executor: the next trial reuses a finished trial's process
@@ -196,6 +297,9 @@ def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name
 def resume(experiment_path: str, sweep_raw: dict[str, Any], callbacks: list, restart_errored: bool = False):
     from ray import tune
 
+    problem = setup_problem(sweep_raw, _dashboard)
+    if problem:
+        raise SetupError(problem)
     tuner = tune.Tuner.restore(
         experiment_path,
         trainable=build_trainable(sweep_raw, experiment_path),
