@@ -114,4 +114,30 @@ def find_checkpoints(path: Path) -> list[Path]:
             found = [Path(row["checkpoint_path"]) for row in csv.DictReader(f) if row.get("checkpoint_path")]
         return [p for p in found if (p / TRIAL_CONFIG).is_file()]
     latest = sorted(p for p in path.glob("checkpoint_*") if (p / TRIAL_CONFIG).is_file())
-    return latest[-1:]
+    return latest[-1:] or _train_run_checkpoint(path)
+
+
+def last_result(trial_dir: Path) -> dict[str, Any]:
+    """The last result a Tune trial directory recorded (result.json), or {}."""
+    result = Path(trial_dir) / "result.json"
+    lines = [line for line in result.read_text().splitlines() if line.strip()] if result.is_file() else []
+    try:
+        return json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def _train_run_checkpoint(trial_dir: Path) -> list[Path]:
+    """A Tune trial dir of the `train` executor holds no checkpoint: Ray Train keeps them under
+    <experiment>/train_runs/train-<trial id>/ and reports the path in the trial's results."""
+    last = last_result(trial_dir)
+    candidates = [Path(str(last["checkpoint_path"]))] if last.get("checkpoint_path") else []
+    if last.get("trial_id"):
+        candidates.append(trial_dir.parent / "train_runs" / f"train-{last['trial_id']}")
+    for candidate in candidates:
+        if (candidate / TRIAL_CONFIG).is_file():
+            return [candidate]
+        latest = sorted(p for p in candidate.glob("checkpoint_*") if (p / TRIAL_CONFIG).is_file())
+        if latest:
+            return latest[-1:]
+    return []

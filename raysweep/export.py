@@ -140,8 +140,6 @@ def resolve_source(path: str | Path, *, best: bool = False, metric: str | None =
     if len(found) > 1:
         raise ExportError(f"{path} holds the checkpoints of {len(found)} trials; give one trial's directory")
     if not found:
-        found = _recorded_checkpoint(path)
-    if not found:
         raise ExportError(f"{path}: not a raysweep checkpoint, trial or experiment directory (no "
                           f"{checkpointing.TRIAL_CONFIG}, no checkpoint_*/ inside, no {SWEEP_FILE}); give an "
                           "experiment directory with --best, a trial directory, or a checkpoint_path from "
@@ -149,37 +147,9 @@ def resolve_source(path: str | Path, *, best: bool = False, metric: str | None =
     return Source(found[0], _trial_id(found[0], path))
 
 
-def _last_result(trial_dir: Path) -> dict[str, Any]:
-    result = trial_dir / "result.json"
-    if result.is_file():
-        lines = [line for line in result.read_text().splitlines() if line.strip()]
-        if lines:
-            try:
-                return json.loads(lines[-1])
-            except json.JSONDecodeError:
-                return {}
-    return {}
-
-
-def _recorded_checkpoint(trial_dir: Path) -> list[Path]:
-    """A Tune trial dir of the `train` executor holds no checkpoint: Ray Train keeps them under
-    <experiment>/train_runs/train-<trial id>/ and reports the path in the trial's results."""
-    last = _last_result(trial_dir)
-    candidates = []
-    if last.get(M.CHECKPOINT_PATH):
-        candidates.append(Path(str(last[M.CHECKPOINT_PATH])))
-    if last.get("trial_id"):
-        candidates.append(trial_dir.parent / "train_runs" / f"train-{last['trial_id']}")
-    for candidate in candidates:
-        found = checkpointing.find_checkpoints(candidate) if candidate.is_dir() else []
-        if len(found) == 1:
-            return found
-    return []
-
-
 def _trial_id(checkpoint: Path, given: Path) -> str | None:
     for directory in (given, checkpoint.parent):
-        trial_id = _last_result(directory).get("trial_id")
+        trial_id = checkpointing.last_result(directory).get("trial_id")
         if trial_id:
             return str(trial_id)
         if directory.name.startswith("train-"):
@@ -228,7 +198,7 @@ def _best_trial(experiment: Path, metric: str | None, mode: str | None) -> Sourc
     if isinstance(recorded, str) and recorded and Path(recorded).is_dir():
         found = checkpointing.find_checkpoints(Path(recorded))
     if not found and isinstance(row.get("trial_path"), str):
-        found = checkpointing.find_checkpoints(Path(row["trial_path"])) or _recorded_checkpoint(Path(row["trial_path"]))
+        found = checkpointing.find_checkpoints(Path(row["trial_path"]))
     if len(found) != 1:
         raise ExportError(f"{experiment}: the best trial {row['trial_id']} ({metric} {values[row.name]:.6g}) has "
                           f"no checkpoint on disk (recorded: {recorded or 'none'}); was the experiment moved "
