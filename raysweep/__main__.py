@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
+import socket
 import sys
 from pathlib import Path
 
@@ -50,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue an interrupted sweep (finished trials are kept)")
     resume.add_argument("experiment", help="experiment directory, e.g. ~/ray_results/quickstart")
     resume.add_argument("--address", default=None)
-    resume.add_argument("--retry-errored", action="store_true", help="also restart trials that failed")
+    resume.add_argument("--retry-errored", action="store_true", help="also retry trials that failed (from "
+                        "their latest checkpoint)")
     resume.add_argument("--no-dashboard", action="store_true")
     resume.add_argument("--verbose", action="store_true")
 
@@ -103,8 +106,9 @@ def _load(grid: str, overrides: list[str]):
         raise BadInput(str(exc)) from None
 
 
-def _preflight(raw: dict, trials) -> None:
-    """Checks that need the filesystem (or hub), done before Ray starts: model sources, data files."""
+def _preflight(raw: dict, trials, launch: bool = False, address: str | None = None) -> None:
+    """Checks that need the filesystem (or hub), done before Ray starts: model sources, data files, and for a
+    `launch`, that the cluster at `address` answers or (no address: Ray is started here) one trial fits here."""
     from raysweep import data, models
 
     problems: list[str] = []
@@ -120,8 +124,61 @@ def _preflight(raw: dict, trials) -> None:
         if key not in seen:
             seen.add(key)
             problems += data.check_files(t.config.data.model_dump())
+    if launch and address:
+        problems += [p for p in [_address_problem(address)] if p]
+    # RAY_ADDRESS: ray.init() joins that cluster instead of starting one here. Resources are not grid axes:
+    # every trial asks for the same
+    elif launch and trials and not os.environ.get("RAY_ADDRESS"):
+        problems += _local_fit(trials[0].config.resources)
     if problems:
         raise BadInput("\n".join(["input problem(s):"] + [f"  - {p}" for p in dict.fromkeys(problems)]))
+
+
+def _address_problem(address: str) -> str | None:
+    """A host:port nothing listens on: `ray.init` would retry its GCS connection for minutes before failing."""
+    if address == "auto" or "://" in address:  # found (or refused quickly) by Ray itself; ray:// is Ray Client
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return f"--address: {address!r} is not 'auto' or host:port; give e.g. --address 10.0.0.1:6379"
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        return (f"--address: nothing answers at {address} ({exc.strerror or exc}); start the cluster there "
+                "(`ray start --head`, port 6379 by default) or fix the address")
+    return None
+
+
+def _local_fit(resources: C.ResourcesConfig) -> list[str]:
+    """Why one trial cannot fit this machine (for a Ray started here): Ray only logs a warning about an
+    infeasible request and the sweep would wait forever with every trial PENDING. On a cluster (--address)
+    nodes can be added, so Ray judges there."""
+    import ray
+
+    if ray.is_initialized():  # a Ray already started in this process (a notebook, a test) has its own resources
+        return []
+    try:  # the counts `ray.init()` itself would detect (cgroup CPU limits, CUDA_VISIBLE_DEVICES); starts nothing
+        from ray._private import utils
+        from ray._private.resource_and_label_spec import ResourceAndLabelSpec
+
+        cpus = utils.get_num_cpus()
+        manager, accelerators = ResourceAndLabelSpec._get_current_node_accelerator(None, {})
+        gpus = accelerators if manager is not None and manager.get_resource_name() == "GPU" else 0
+    except Exception:  # noqa: BLE001 - a private Ray API that moved: let Ray judge, as on a cluster
+        return []
+    n = resources.num_workers
+    where = "resources.cpus_per_worker" if n == 1 else "resources.num_workers × resources.cpus_per_worker"
+    problems = []
+    if resources.cpus_per_worker * n > cpus:
+        problems.append(f"{where}: a trial asks for {resources.cpus_per_worker * n:g} CPU(s) but this machine has "
+                        f"{cpus:g}, so no trial could start; ask for at most {cpus:g} in all, or run on a cluster "
+                        "with --address")
+    if resources.gpus_per_worker * n > gpus:
+        where = where.replace("cpus_per_worker", "gpus_per_worker")
+        problems.append(f"{where}: a trial asks for {resources.gpus_per_worker * n:g} GPU(s) but this machine has "
+                        f"{gpus:g}, so no trial could start; set resources.gpus_per_worker: 0 to train on CPU, ask "
+                        "for fewer, or run on a cluster with GPUs (--address)")
+    return problems
 
 
 def cmd_plan(args) -> int:
@@ -160,7 +217,17 @@ def _ensure_builtin(trials) -> None:
 
 
 def _storage(args, sweep) -> Path:
-    return Path(os.path.expanduser(args.storage or sweep.storage or "~/ray_results")).resolve()
+    given = args.storage or sweep.storage or "~/ray_results"
+    if "://" in given:  # trials.csv, raysweep.yaml and the mask store are written with plain file I/O
+        key = "--storage" if args.storage else "storage"
+        raise BadInput(f"{key}: {given} is a URI; raysweep needs a directory, on a cluster one every node mounts "
+                       "at the same path (NFS, EFS, a shared disk): see docs/cluster.md")
+    storage = Path(os.path.expanduser(given)).resolve()
+    if storage.exists() and not storage.is_dir():  # found here, not as a traceback from mkdir after Ray starts
+        key = "--storage" if args.storage else "storage"
+        raise BadInput(f"{key}: {storage} is a file, not a directory; give a directory for the experiments "
+                       "(it is created if missing)")
+    return storage
 
 
 def _finish(callback, raw, experiment_path: str) -> int:
@@ -178,27 +245,36 @@ def cmd_run(args) -> int:
     import yaml
 
     raw, sweep, trials = _load(args.grid, args.overrides)
-    _preflight(raw, trials)
+    _preflight(raw, trials, launch=True, address=args.address)
+    if args.name is not None and not re.fullmatch(C.NAME_PATTERN, args.name):  # it becomes one directory
+        raise BadInput(f"--name: {args.name!r} is not an experiment name; use letters, digits, _ . - (first a "
+                       "letter or digit), e.g. --name rank_study-2")
     storage = _storage(args, sweep)
     name = _unique_name(storage, args.name or sweep.name)
     experiment_path = str(storage / name)
-    _ensure_builtin(trials)
 
     from raysweep import space, tune_driver
+    from raysweep.plan import describe_search
     from raysweep.progress import ProgressCallback
 
     problem = tune_driver.setup_problem(raw, dashboard=not args.no_dashboard, address=args.address)
-    if problem:  # before anything is written or Ray starts
+    if problem:  # before anything is written, built (the builtin model) or Ray starts
         raise BadInput(problem)
+    _ensure_builtin(trials)
+    try:  # before the experiment directory is written: a sweep that cannot start leaves nothing behind
+        tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose)
+    except ConnectionError as exc:  # e.g. --address auto with no cluster running
+        raise BadInput(f"--address {args.address}: {exc}; start the cluster (`ray start --head`) or fix "
+                       "the address") from None
     Path(experiment_path).mkdir(parents=True, exist_ok=True)
     # the resolved executor is part of the experiment: `resume` must rebuild the same trainable even if
     # what `auto` means changes in a later version
     saved = dict(raw, name=name, storage=str(storage),
                  resources={**(raw.get("resources") or {}), "executor": sweep.resources.resolved_executor()})
     (Path(experiment_path) / tune_driver.SWEEP_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
-    tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose)
     at_once = tune_driver.slots(saved)
-    console.print(f"[bold]{len(trials)} trial(s)[/bold] × num_samples {sweep.search.num_samples}, "
+    console.print(f"[bold]{space.trial_count(sweep, trials)} trial(s)[/bold] "
+                  f"({describe_search(sweep.search, len(trials))}), "
                   f"{at_once} at once, executor {sweep.resources.resolved_executor()} → {experiment_path}")
     from raysweep.estimate import header_line  # cached calibrations only: `run` never calibrates
 
@@ -220,11 +296,14 @@ def cmd_resume(args) -> int:
 
     experiment_path = str(Path(os.path.expanduser(args.experiment)).resolve())
     sweep_file = Path(experiment_path) / tune_driver.SWEEP_FILE
+    if not Path(experiment_path).is_dir():
+        raise BadInput(f"{args.experiment}: no such directory; give the experiment path printed by `raysweep run` "
+                       "(<storage>/<name>)")
     if not sweep_file.is_file() or not tune_driver.experiment_exists(experiment_path):
         raise BadInput(f"{args.experiment}: not a raysweep experiment directory (no {tune_driver.SWEEP_FILE} "
                        "or Tune experiment state); give the path printed by `raysweep run`")
     raw, sweep, trials = _load(str(sweep_file), [])
-    _preflight(raw, trials)
+    _preflight(raw, trials, launch=True, address=args.address)
     problem = tune_driver.setup_problem(raw, dashboard=not args.no_dashboard, address=args.address)
     if problem:
         raise BadInput(problem)
@@ -232,7 +311,7 @@ def cmd_resume(args) -> int:
     tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose)
     callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(raw, cell), console)
     try:
-        tune_driver.resume(experiment_path, raw, [callback], restart_errored=args.retry_errored)
+        tune_driver.resume(experiment_path, raw, [callback], retry_errored=args.retry_errored)
     except KeyboardInterrupt:
         callback.write_csv()
         console.print(f"interrupted; resume with: python -m raysweep resume {experiment_path}")
@@ -243,12 +322,11 @@ def cmd_resume(args) -> int:
 def cmd_masks(args) -> int:
     from rich.table import Table
 
-    from raysweep import space
     from raysweep.mask_store import MASKS_DIR
     from raysweep.precompute import precompute_masks
 
     raw, sweep, trials = _load(args.grid, args.overrides)
-    configs = [space.trial_config(raw, t.cell) for t in trials]
+    configs = [t.config.model_dump(mode="json") for t in trials]  # ranges at their representative values
     if not any(c["adapter"]["type"] == "masked" for c in configs):
         raise BadInput(f"{args.grid}: no trial has adapter.type 'masked', so there are no masks to compute; "
                        "set adapter.type: masked (or sweep it in the grid)")
@@ -360,7 +438,14 @@ def cmd_analyze(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may also follow the options (`run grid.yaml --address auto train.lr=1e-3`): argparse stops
+    # filling a positional list at the first option, so the rest arrive here
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = {"run": cmd_run, "plan": cmd_plan, "resume": cmd_resume, "analyze": cmd_analyze,
                "masks": cmd_masks, "bounds": cmd_bounds, "export": cmd_export}[args.command]
     try:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raysweep import adapters
 
 SECTIONS_IN_TRIAL = ("model", "data", "train", "adapter")  # what a grid axis may change
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # experiment names: one directory level under storage
 
 
 class _Section(BaseModel):
@@ -73,6 +74,15 @@ class DataConfig(_Section):
         if self.task == "tokens" and not self.data_dir:
             raise ValueError("data.task 'tokens' needs data.data_dir: set it to the directory holding "
                              "train.bin and val.bin")
+        # a file the task never reads is a contradiction (the user believes the sweep trains on it)
+        reads = {"chat": ("train_file", "validation_file"), "text": ("train_file", "validation_file"),
+                 "tokens": ("data_dir",)}.get(self.task, ())
+        ignored = [k for k in ("train_file", "validation_file", "data_dir") if getattr(self, k) and k not in reads]
+        if ignored:
+            uses = " and ".join(f"data.{k}" for k in reads) if reads else "no files (it is generated)"
+            raise ValueError(f"data.task '{self.task}' reads {uses}, so {', '.join(f'data.{k}' for k in ignored)} "
+                             "would be ignored: remove it, or set data.task to the kind of data it holds "
+                             "(chat, text or tokens)")
         return self
 
 
@@ -146,7 +156,22 @@ class AdapterConfig(BaseModel):
 class SearchConfig(_Section):
     metric: str = Field("eval/loss", description="metric that ranks trials, e.g. eval/loss or eval/accuracy")
     mode: Literal["min", "max"] = Field("min", description="'min' or 'max' of search.metric")
-    num_samples: int = Field(1, gt=0, description="repeats of the whole grid")
+    algorithm: Literal["grid", "random", "optuna"] = Field(
+        "grid",
+        description="'grid' (every cell of the grid's lists), 'random' (every cell, ranges drawn at random, "
+        "num_samples times) or 'optuna' (num_samples trials chosen by Optuna's TPE sampler from the lists "
+        "and ranges, learning from finished trials)",
+    )
+    num_samples: int = Field(
+        1, gt=0, description="grid/random: repeats of the whole grid (random draws new range values each time); "
+        "optuna: trials in total"
+    )
+    seed: int = Field(0, description="random/optuna: seed of the draws (same seed, same grid file: same trials)")
+    objectives: dict[str, Literal["min", "max"]] | None = Field(
+        None,
+        description="optuna: several metrics to optimise at once, e.g. {eval/best_loss: min, "
+        "adapter/effective_params: min} (empty: search.metric and search.mode)",
+    )
     scheduler: Literal["fifo", "asha", "median"] = Field(
         "fifo",
         description="'fifo' (run every trial to its end), 'asha' (stop trials outside the top 1/reduction_factor "
@@ -218,6 +243,45 @@ def validate_scheduler(sweep: Sweep, grid: Any) -> list[ConfigIssue]:
     return issues
 
 
+def validate_search(sweep: Sweep, grid: Any) -> list[ConfigIssue]:
+    """search.algorithm against its keys (the grid's ranges are checked in space.py, cell by cell)."""
+    search = sweep.search
+    issues = []
+    if search.algorithm == "optuna":
+        if "num_samples" not in search.model_fields_set:
+            issues.append(ConfigIssue("search.num_samples", (
+                "search.algorithm 'optuna' runs num_samples trials in total: set it, e.g. num_samples: 20")))
+        if isinstance(grid, list) and len(grid) > 1:
+            issues.append(ConfigIssue("grid", (
+                "search.algorithm 'optuna' samples one space: give grid as one mapping of key.path: [values] or "
+                "ranges (a list of sub-grids is for algorithm grid or random)")))
+    elif search.objectives is not None:
+        issues.append(ConfigIssue("search.objectives", (
+            f"several objectives need search.algorithm 'optuna' (it is {search.algorithm!r}); rank trials with "
+            "search.metric, or set search.algorithm: optuna")))
+    if search.objectives is not None:
+        known = metric_names()
+        if not search.objectives:
+            issues.append(ConfigIssue("search.objectives", "empty: give metric: min|max pairs, or remove it"))
+        for name in search.objectives:
+            if name not in known:
+                issues.append(ConfigIssue(f"search.objectives.{name}", (
+                    f"not a metric trials report{_suggest(name, known)}; e.g. eval/best_loss, "
+                    "adapter/effective_params")))
+    if "seed" in search.model_fields_set and search.algorithm == "grid":
+        issues.append(ConfigIssue("search.seed", (
+            "search.algorithm 'grid' draws nothing at random; remove search.seed (trial seeds are train.seed) "
+            "or set search.algorithm: random or optuna")))
+    return issues
+
+
+def metric_names() -> list[str]:
+    """The flat metric names of metrics.py (what search.objectives may name)."""
+    from raysweep import metrics
+
+    return sorted(v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str) and "/" in v)
+
+
 class ResourcesConfig(_Section):
     num_workers: int = Field(1, gt=0, description="Ray Train workers (DDP ranks) per trial")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs each worker reserves (also its torch threads)")
@@ -230,7 +294,26 @@ class ResourcesConfig(_Section):
         "auto",
         description="how a trial runs: 'train' (a Ray Train TorchTrainer per trial; needed for num_workers > 1), "
         "'actor' (in a reused Tune actor that keeps the base model loaded; 1 worker), 'auto' (actor for "
-        "1-worker trials, else train)",
+        "1-worker ddp trials, else train)",
+    )
+    strategy: Literal["ddp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
+        "ddp",
+        description="how the workers of a trial share the training: 'ddp' (every worker holds the whole model, "
+        "gradients averaged), 'deepspeed_zero2' (DeepSpeed ZeRO stage 2: optimizer state and gradients "
+        "partitioned over the workers), 'deepspeed_zero3' (parameters partitioned too); deepspeed needs the "
+        "deepspeed extra and executor 'train'",
+    )
+    deepspeed_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="more DeepSpeed config, merged into raysweep's (e.g. {zero_optimization: {offload_optimizer: "
+        "{device: cpu}}}); batch size, accumulation, clipping and the ZeRO stage come from train.* and "
+        "resources.strategy",
+    )
+    gpu_memory_fraction: float | None = Field(
+        None, gt=0, le=1,
+        description="cap on the share of its GPU's memory one worker's process may allocate (a trial past it "
+        "fails with CUDA out-of-memory instead of starving trials packed on the same GPU); empty: "
+        "gpus_per_worker when that is a fraction below 1, else no cap",
     )
 
     @model_validator(mode="after")
@@ -238,13 +321,33 @@ class ResourcesConfig(_Section):
         if self.executor == "actor" and self.num_workers > 1:
             raise ValueError(f"executor 'actor' runs each trial in one process, but num_workers is {self.num_workers}; "
                              "set resources.executor to 'train' (or 'auto') for multi-worker trials")
+        # DeepSpeed joins the process group that Ray Train's worker group sets up; a Tune actor has none
+        if self.executor == "actor" and self.strategy != "ddp":
+            raise ValueError(f"resources.strategy {self.strategy!r} runs in Ray Train's worker group: set "
+                             "resources.executor to 'train' (or 'auto'), or use resources.strategy: ddp")
+        if self.deepspeed_config:
+            from raysweep import strategies  # no heavy imports
+
+            problem = strategies.deepspeed_config_problem(self.strategy, self.deepspeed_config)
+            if problem:
+                raise ValueError(problem)
+        if self.gpu_memory_fraction is not None and not self.gpus_per_worker:
+            raise ValueError("resources.gpu_memory_fraction caps GPU memory, but resources.gpus_per_worker is 0 "
+                             "(CPU trials): set resources.gpus_per_worker, or remove resources.gpu_memory_fraction")
         return self
 
     def resolved_executor(self) -> str:
         """'actor' or 'train' (see docs/ARCHITECTURE.md, "Executors", for why auto picks actor)."""
         if self.executor != "auto":
             return self.executor
-        return "actor" if self.num_workers == 1 else "train"
+        return "actor" if self.num_workers == 1 and self.strategy == "ddp" else "train"
+
+    def resolved_gpu_memory_fraction(self) -> float | None:
+        """The per-process GPU memory cap: trials packed on one GPU by fractional gpus_per_worker each get
+        their share (Ray's GPU fractions are bookkeeping only; nothing stops one trial taking all the memory)."""
+        if self.gpu_memory_fraction is not None:
+            return self.gpu_memory_fraction
+        return self.gpus_per_worker if 0 < self.gpus_per_worker < 1 else None
 
 
 class TrialConfig(_Section):
@@ -260,7 +363,8 @@ class TrialConfig(_Section):
 class Sweep(TrialConfig):
     """A whole grid.yaml: the base trial plus experiment-level settings and the grid."""
 
-    name: str = Field("sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="experiment name")
+    name: str = Field("sweep", pattern=NAME_PATTERN, description="experiment name: letters, digits, _ . - (first a "
+                      "letter or digit), e.g. rank_study-2")
     storage: str | None = Field(None, description="experiment storage root (empty: ~/ray_results)")
     search: SearchConfig = Field(default_factory=SearchConfig)
     grid: Any = Field(default_factory=dict, description="axes: a mapping key.path -> [values], or a list of them")
@@ -292,9 +396,15 @@ class ConfigError(Exception):
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(str(path), [ConfigIssue("", f"grid file {str(path)!r} does not exist")])
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(str(path), [ConfigIssue("", f"grid file {str(path)!r} {what}; give the path of a grid "
+                                                      "YAML file, e.g. search_spaces/quickstart.yaml")])
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [ConfigIssue("", f"cannot read the grid file ({exc}); save it as UTF-8 "
+                                                      "text you can read")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -305,8 +415,31 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(str(path), [ConfigIssue("", "the top level must be a mapping (key: value lines)")])
+    duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+    if duplicates:
+        raise ConfigError(str(path), duplicates)
     raw.setdefault("name", path.stem)
     return raw
+
+
+def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[ConfigIssue]:
+    """Keys given twice in one mapping. PyYAML silently keeps the last one, so `lr: 1e-3` ... `lr: 1e-2`
+    would run a value the user may not have meant; duplicates are an error instead."""
+    issues = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+            child = f"{path}.{name}" if path else name
+            line = key.start_mark.line + 1
+            if name in first_line:
+                issues.append(ConfigIssue(child, f"set twice (lines {first_line[name]} and {line}); keep one"))
+            first_line.setdefault(name, line)
+            issues += _duplicate_keys(value, child)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            issues += _duplicate_keys(item, f"{path}[{i}]")
+    return issues
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> list[ConfigIssue]:
@@ -371,6 +504,26 @@ def _field_help(model: type[BaseModel], loc: tuple) -> str | None:
     return field.description if field else None
 
 
+def _model_at(model: type[BaseModel], loc: tuple) -> Any:
+    """The annotation of the field at `loc` (the model itself for an empty loc), or None."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        current = fields[part].annotation
+    return current
+
+
+_TYPE_TAGS = ("str", "int", "float", "bool", "none", "dict", "list")
+
+
+def _is_type_tag(part: Any) -> bool:
+    # pydantic names the union member it tried, e.g. ('target_modules', 'list[str]', 0): a type, not a key
+    text = str(part)
+    return text.startswith("function-") or "[" in text or text in _TYPE_TAGS
+
+
 # names researchers bring from other tools' configs
 _ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
             "learning_rate": "lr", "steps": "max_steps", "num_epochs": "epochs", "seq_len": "max_seq_len",
@@ -398,15 +551,25 @@ def pydantic_issues(model: type[BaseModel], exc: ValidationError, prefix: str = 
                 parent = fields[part].annotation if part in fields else None
             known = list(getattr(parent, "model_fields", {}))
             msg = f"unknown key{_suggest(str(loc[-1]), known)} (valid keys: {', '.join(known)})"
+        elif err["type"] in ("model_type", "dict_type"):  # e.g. `train: 5`; pydantic names our class
+            keys = list(getattr(_model_at(model, loc), "model_fields", {}))[:3]
+            example = f" such as {', '.join(keys)}" if keys else ""
+            fix = "remove the empty key or give its keys" if err.get("input") is None else "indent its keys under it"
+            msg = f"must be a mapping of keys{example} (got {err.get('input')!r}); {fix}"
         else:
+            union = err["type"] != "value_error" and any(_is_type_tag(p) and "function-" not in str(p) for p in loc)
+            loc = tuple(p for p in loc if not _is_type_tag(p))
+            path = _loc_to_path(loc, prefix)
+            hint = _field_help(model, loc)
             msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] not in ("value_error", "assertion_error"):
+            if union and hint:  # one message for the union, not one per member type tried
+                msg = f"wrong type (got {err.get('input')!r}); expected: {hint}"
+            elif err["type"] not in ("value_error", "assertion_error"):
                 msg += f" (got {err.get('input')!r})"
-                hint = _field_help(model, loc)
                 if hint:
                     msg += f"; expected: {hint}"
         issues.append(ConfigIssue(path, msg))
-    return issues
+    return list(dict.fromkeys(issues))
 
 
 def option_keys(options: type[BaseModel]) -> list[str]:
@@ -432,7 +595,12 @@ def validate_adapter_options(adapter: AdapterConfig, prefix: str = "adapter") ->
                     f"{prefix}.{key}", f"not an option of adapter {adapter.type!r} ({where}{common})"
                 ))
             else:
-                issues.append(ConfigIssue(f"{prefix}.{key}", f"{err['msg']} (got {err.get('input')!r})"))
+                msg = err["msg"].removeprefix("Value error, ")  # a model validator's message is the whole fix
+                if err["type"] != "value_error":
+                    fields = {f.alias or n: f for n, f in family.Options.model_fields.items()}
+                    hint = fields[key].description if key in fields else None
+                    msg += f" (got {err.get('input')!r})" + (f"; expected: {hint}" if hint else "")
+                issues.append(ConfigIssue(f"{prefix}.{key}" if key else prefix, msg))
         return issues
     return []
 
@@ -449,6 +617,10 @@ def validate_trial(raw: dict[str, Any], prefix: str = "") -> tuple[TrialConfig |
         issues.append(ConfigIssue(f"{prefix}.model.load_in_4bit" if prefix else "model.load_in_4bit",
                                   "adapter 'masked' prunes the base weights (W ⊙ M), which 4-bit loading stores "
                                   "quantized; set model.load_in_4bit: false, or use lora/dora/sora/sdora/sublora"))
+    from raysweep import strategies  # no heavy imports: which adapters each DeepSpeed ZeRO stage runs
+
+    for key, message in strategies.problems(trial.resources.strategy, trial.adapter.type, trial.model.load_in_4bit):
+        issues.append(ConfigIssue(f"{prefix}.{key}" if prefix else key, message))
     return (None if issues else trial), issues
 
 
@@ -463,7 +635,8 @@ def validate_sweep(raw: dict[str, Any]) -> tuple[Sweep | None, list[ConfigIssue]
         except (ValidationError, TypeError):
             pass
         return None, issues
-    return sweep, validate_adapter_options(sweep.adapter) + validate_scheduler(sweep, raw.get("grid"))
+    return sweep, (validate_adapter_options(sweep.adapter) + validate_scheduler(sweep, raw.get("grid"))
+                   + validate_search(sweep, raw.get("grid")))
 
 
 def axis_paths() -> list[str]:

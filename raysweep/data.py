@@ -96,10 +96,17 @@ def _read_text(path: Path, key: str) -> list[str]:
 
 
 def _read(path: Path, task: str, key: str):
+    if path.is_dir():
+        raise DataError(f"{key}: {str(path)!r} is a directory; give the path of a file "
+                        f"({'plain text' if task == 'text' else 'JSONL, one conversation per line'})")
     if not path.is_file():
         raise DataError(f"{key}: file {str(path)!r} does not exist; fix the path (relative paths are "
                         "relative to the directory you run raysweep from)")
-    return _read_text(path, key) if task == "text" else _read_chat(path, key)
+    try:
+        return _read_text(path, key) if task == "text" else _read_chat(path, key)
+    except UnicodeDecodeError as exc:  # a binary or differently encoded file
+        raise DataError(f"{key}: {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); convert it to UTF-8 "
+                        "or point to the right file") from None
 
 
 def check_files(data: dict[str, Any]) -> list[str]:

@@ -618,16 +618,21 @@ def local_slots(resources) -> int:
     return max(1, math.floor((os.cpu_count() or 1) / (resources.cpus_per_worker * per)))
 
 
-def sweep_trials(trials, num_samples: int) -> tuple[list[dict[str, Any]], list[int]]:
-    """The trial configs in the order Tune starts them (the grid, once per sample) and their cell indices."""
+def sweep_trials(trials, search) -> tuple[list[dict[str, Any]], list[int]]:
+    """The trial configs in the order Tune starts them (the grid, once per sample) and their cell indices.
+    Ranges count at their representative values; Optuna's num_samples trials are assumed to cycle through
+    the cells of its lists (which it really picks is learned while it runs)."""
     configs = [t.config.model_dump(mode="json") for t in trials]
-    return configs * num_samples, [t.index for t in trials] * num_samples
+    if search.algorithm == "optuna":
+        picks = [i % len(trials) for i in range(search.num_samples)]
+        return [configs[i] for i in picks], [trials[i].index for i in picks]
+    return configs * search.num_samples, [t.index for t in trials] * search.num_samples
 
 
 def for_sweep(sweep, trials, slots: int | None = None, calibrate_now: bool = False,
               log: Callable[[str], None] | None = None) -> tuple[Estimate | None, str]:
     """(estimate or None, one line saying where the numbers come from or why there are none)."""
-    configs, cells = sweep_trials(trials, sweep.search.num_samples)
+    configs, cells = sweep_trials(trials, sweep.search)
     if calibrate_now:
         calibrations = calibrate_all(configs, log=log)
         source = (f"calibrated now: {len(calibrations)} trial shape(s) in "

@@ -28,6 +28,7 @@ SYS_MODEL_LOAD_S = "sys/model_load_s"  # base model (+ tokenizer) load, or fresh
 SYS_BASE_CACHED = "sys/base_cached"  # the base came from this process's cache (a reused actor)
 SYS_PID = "sys/pid"  # process running the training loop (rank 0)
 SYS_TIME = "sys/time"  # unix time of this report (wall-clock curves, start-up/shutdown benchmarks)
+SYS_NODE_ID = "sys/node_id"  # Ray node that ran the training loop (rank 0): where trials ran on a cluster
 ADAPTER_TRAINABLE_PARAMS = "adapter/trainable_params"
 ADAPTER_EFFECTIVE_PARAMS = "adapter/effective_params"
 ADAPTER_TOTAL_PARAMS = "adapter/base_params"
@@ -87,7 +88,7 @@ CHECKPOINT_PATH = "checkpoint_path"  # added by Ray's TuneReportCallback when a 
 ALL_METRICS = (
     TRAIN_LOSS, TRAIN_LR, TRAIN_TOKENS_PER_S, TRAIN_STEP, TRAIN_EPOCH, TRAIN_TOKENS, TRAIN_EARLY_STOPPED,
     EVAL_LOSS, EVAL_PPL, EVAL_ACCURACY, EVAL_BEST_LOSS, EVAL_INITIAL_LOSS, EVAL_STEP, SYS_MEM_MB, SYS_SETUP_S,
-    SYS_STARTED_AT, SYS_MODEL_LOAD_S, SYS_BASE_CACHED, SYS_PID, SYS_TIME,
+    SYS_STARTED_AT, SYS_MODEL_LOAD_S, SYS_BASE_CACHED, SYS_PID, SYS_TIME, SYS_NODE_ID,
     ADAPTER_TRAINABLE_PARAMS, ADAPTER_EFFECTIVE_PARAMS, ADAPTER_TOTAL_PARAMS, ADAPTER_SPARSITY,
     ADAPTER_NEAR_ZERO_GATES, ADAPTER_LIVE_RANKS, MASK_TARGET_SPARSITY, MASK_ACHIEVED_SPARSITY, MASK_VIOLATIONS,
     MASK_MERGED_ZERO_FRACTION, MASK_COMPUTED, MASK_SETUP_S,
@@ -112,6 +113,10 @@ def memory_mb() -> float:
 
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts of a torch module."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    # DeepSpeed ZeRO-3 leaves an empty tensor in a partitioned parameter and its true size in ds_numel
+    def numel(p) -> int:
+        return getattr(p, "ds_numel", None) or p.numel()
+
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(numel(p) for p in model.parameters())
     return trainable, total

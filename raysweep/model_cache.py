@@ -99,6 +99,9 @@ def release_trial_memory() -> None:
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+        # sys/mem_mb is the peak since the counter's reset: without this, a trial would report the peak of
+        # the biggest trial this process ran before it
+        torch.cuda.reset_peak_memory_stats()
 
 
 def fresh_view(model):

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from raysweep import config as C
-from raysweep.space import Trial
+from raysweep.space import Trial, trial_count
 
 if TYPE_CHECKING:
     from raysweep.estimate import Estimate
@@ -22,7 +22,8 @@ def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial], estimate: 
     """The plan; `estimate` adds the est. column and the total, `source` says where its numbers come from
     (or, without an estimate, why there is none)."""
     axes = list(dict.fromkeys(k for t in trials for k in t.cell))
-    table = Table(title=f"{sweep.name}: {len(trials)} trial(s)", title_justify="left")
+    what = "trial(s)" if sweep.search.algorithm == "grid" and sweep.search.num_samples == 1 else "cell(s)"
+    table = Table(title=f"{sweep.name}: {len(trials)} {what}", title_justify="left")
     table.add_column("#", justify="right")
     if any(t.subgrid for t in trials):
         table.add_column("sub-grid", justify="right")
@@ -46,11 +47,11 @@ def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial], estimate: 
             row.append(f"{seconds[t.index]:.0f} s")
         table.add_row(*row)
     console.print(table)
-    n = len(trials) * sweep.search.num_samples
+    n = trial_count(sweep, trials)
     res = sweep.resources
     per_trial = (f"{res.num_workers} worker(s) × ({res.cpus_per_worker:g} CPU"
                  + (f", {res.gpus_per_worker:g} GPU" if res.gpus_per_worker else "") + ")")
-    console.print(f"trials: {n} ({len(trials)} cells × num_samples {sweep.search.num_samples})")
+    console.print(f"trials: {n} ({describe_search(sweep.search, len(trials))})")
     console.print(f"each trial asks for: {per_trial}")
     console.print(f"executor: {describe_executor(res)}")
     if res.max_concurrent:
@@ -90,3 +91,14 @@ def describe_executor(res) -> str:
     how = ("reused Tune actors, base model cached per process" if name == "actor"
            else "a Ray Train TorchTrainer per trial")
     return f"{name} ({how}; resources.executor={res.executor})"
+
+
+def describe_search(search: C.SearchConfig, cells: int) -> str:
+    """How the trial count comes about, in the words of the grid file."""
+    if search.algorithm == "optuna":
+        what = (" and ".join(f"{m} ({d})" for m, d in search.objectives.items()) if search.objectives
+                else f"{search.metric} ({search.mode})")
+        return (f"optuna: num_samples {search.num_samples} trials chosen by TPE (seed {search.seed}) from "
+                f"{cells} cell(s) of the lists, with ranges, optimising {what}")
+    drawn = f", ranges drawn at random (seed {search.seed})" if search.algorithm == "random" else ""
+    return f"{cells} cell(s) × num_samples {search.num_samples}{drawn}"

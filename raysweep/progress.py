@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from raysweep import metrics as M
 NO_ERROR_FILE = "failed (see the trial's error.txt)"
 STATUS_STYLE = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "PENDING": "dim", "PAUSED": "yellow",
                 "INTERRUPTED": "yellow", "STOPPED": "magenta"}
+TRIALS_FILE = "trials.csv"
 STOPPED = "STOPPED"  # shown (never saved as a status) for a trial that a trial scheduler stopped early
 
 
@@ -84,6 +86,9 @@ class ProgressCallback(Callback):
         self._live: Live | None = None
         self._last_print = 0.0
         self._scheduler: str | None = None
+        # launch/end times of an earlier run of this experiment (resume): Tune does not keep them, and a
+        # trial that finished then is not started again
+        self._earlier = earlier_times(Path(experiment_path) / TRIALS_FILE)
 
     def __getstate__(self) -> dict:
         # Tune pickles the RunConfig (callbacks included) into the experiment dir; consoles and the
@@ -122,12 +127,14 @@ class ProgressCallback(Callback):
         rec.status, rec.finished, rec.ended_at = "TERMINATED", True, time.time()
         self._mark_stopped(rec)
         self._line(rec)
+        self.write_csv()  # a driver that dies (SIGKILL, OOM) still leaves every finished trial on record
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         rec = self._record(trial)
         rec.status, rec.ended_at = "ERROR", time.time()
         rec.error = read_error(getattr(trial, "path", None) or "")
         self._line(rec)
+        self.write_csv()
 
     def on_experiment_end(self, trials, **info) -> None:
         for trial in trials:
@@ -147,6 +154,7 @@ class ProgressCallback(Callback):
             cell = trial.config.get("cell", {})
             rec = self.records[trial.trial_id] = TrialRecord(trial.trial_id, cell, self._resolve(cell))
             rec.finished = status == "TERMINATED"  # finished in an earlier run (resume)
+            rec.launched_at, rec.ended_at = self._earlier.get(trial.trial_id, (None, None))
         if status == "TERMINATED" and not rec.finished:
             # Ctrl-C stops running trials as TERMINATED in memory, but Tune saves them as unfinished
             # and resumes them: only on_trial_complete (or an earlier run) means finished
@@ -228,11 +236,13 @@ class ProgressCallback(Callback):
         return table
 
     def write_csv(self) -> Path:
-        path = Path(self.experiment_path) / "trials.csv"
+        path = Path(self.experiment_path) / TRIALS_FILE
         metric_keys = list(M.ALL_METRICS)
         cell_keys = sorted({k for r in self.records.values() for k in r.cell})
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
+        # written whole, then renamed: a driver killed mid-write leaves the previous complete file
+        partial = path.with_name(path.name + ".partial")
+        with partial.open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["trial_id", "status", "stopped_by", "adapter.type", "adapter.r", "train.seed",
                         *[f"cell/{k}" for k in cell_keys], *metric_keys, "checkpoint_path", "error", "trial_path",
@@ -242,7 +252,20 @@ class ProgressCallback(Callback):
                             r.resolved["train"]["seed"], *[r.cell.get(k, "") for k in cell_keys],
                             *[r.last.get(k, "") for k in metric_keys], checkpoint_of(r),
                             r.error, r.path, r.launched_at or "", r.ended_at or ""])
+        os.replace(partial, path)
         return path
+
+
+def earlier_times(path: Path) -> dict[str, tuple[float | None, float | None]]:
+    """trial id -> (launched_at, ended_at) recorded in a trials.csv, {} if there is none."""
+    if not path.is_file():
+        return {}
+    times = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            launched, ended = row.get("launched_at"), row.get("ended_at")
+            times[row["trial_id"]] = (float(launched) if launched else None, float(ended) if ended else None)
+    return times
 
 
 def checkpoint_of(rec: TrialRecord) -> str:

@@ -44,6 +44,14 @@ class Session:
     def latest_checkpoint(self) -> Iterator[Path | None]:
         yield None
 
+    def node_id(self) -> str | None:
+        """The Ray node running this process (hex id), None outside Ray: where a trial ran on a cluster
+        (node IPs do not tell nodes apart when several run on one machine)."""
+        import sys
+
+        ray = sys.modules.get("ray")  # a Ray worker has imported it; a plain run need not pay for the import
+        return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
+
 
 class TrainSession(Session):
     """Inside a Ray Train worker (TorchTrainer): DDP over the worker group, Train checkpoints."""

@@ -5,6 +5,10 @@ Why not Tune's own `grid_search` per key: a sweep is a *union* of cartesian prod
 r16; SoRA at λ ∈ {0.1, 0.3, 0.5}"), which one product of independent axes cannot express. We expand
 locally (so `plan` shows the exact trial list and every cell is validated before Ray starts) and hand
 Tune a single grid axis whose values are the cells.
+
+Ranges (`{loguniform: [1e-5, 1e-3]}`, ranges.py) stay in the cells as Tune domains: random search draws
+them per cell and sample, Optuna samples the lists (as choices) and ranges of the one grid mapping.
+A cell with ranges is validated at every end of every range, so no value Tune can draw is invalid.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from raysweep import config as C
+from raysweep.ranges import Range
+from raysweep.ranges import parse as parse_range
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,9 @@ class Trial:
 
     def label(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.cell.items())
+
+    def has_ranges(self) -> bool:
+        return any(isinstance(v, Range) for v in self.cell.values())
 
 
 def resolve(base_raw: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
@@ -51,8 +60,9 @@ def trial_config(base_raw: dict[str, Any], cell: dict[str, Any]) -> dict[str, An
     return trial.model_dump(mode="json")
 
 
-def _subgrids(grid: Any) -> tuple[list[dict[str, list]], list[C.ConfigIssue]]:
-    """Normalise `grid:` to a list of {axis: [values]} and check its shape and axis names."""
+def _subgrids(grid: Any, algorithm: str = "grid") -> tuple[list[dict[str, list]], list[C.ConfigIssue]]:
+    """Normalise `grid:` to a list of {axis: [values]} (a range is one value, a Range) and check its shape,
+    axis names and ranges."""
     if grid in (None, {}, []):
         return [{}], []
     items = grid if isinstance(grid, list) else [grid]
@@ -74,9 +84,29 @@ def _subgrids(grid: Any) -> tuple[list[dict[str, list]], list[C.ConfigIssue]]:
                 issues.append(C.ConfigIssue(f"{where}.{key}", f"not a key a grid axis can sweep{hint}"))
                 continue
             if isinstance(values, dict):
-                issues.append(C.ConfigIssue(f"{where}.{key}", "axis values are a list such as [4, 8, 16]"))
+                rng, problem = parse_range(values)
+                if problem and algorithm == "grid":
+                    problem = ("axis values are a list such as [4, 8, 16] (ranges such as {loguniform: [1e-5, 1e-3]} "
+                               "need search.algorithm random or optuna)")
+                elif problem is None and algorithm == "grid":
+                    problem = (f"a range needs search.algorithm random or optuna (it is 'grid'); for a grid give "
+                               f"a list of values such as [{rng.representative():.3g}]")
+                if problem:
+                    issues.append(C.ConfigIssue(f"{where}.{key}", problem))
+                    continue
+                if algorithm == "optuna" and not all(v is None or isinstance(v, str | int | float) for v in rng.args):
+                    issues.append(C.ConfigIssue(f"{where}.{key}", (
+                        "Optuna chooses among plain values (numbers, strings, booleans); use search.algorithm "
+                        "random for a choice of lists or mappings")))
+                    continue
+                axes[key] = [rng]
                 continue
             values = values if isinstance(values, list) else [values]  # a scalar fixes the key
+            if algorithm == "optuna" and not all(v is None or isinstance(v, str | int | float) for v in values):
+                issues.append(C.ConfigIssue(f"{where}.{key}", (
+                    "Optuna chooses among plain values (numbers, strings, booleans); this axis has lists or "
+                    "mappings: use search.algorithm grid or random for it")))
+                continue
             if not values:
                 issues.append(C.ConfigIssue(f"{where}.{key}", "empty list of values: give at least one"))
                 continue
@@ -88,7 +118,8 @@ def _subgrids(grid: Any) -> tuple[list[dict[str, list]], list[C.ConfigIssue]]:
 def expand(base_raw: dict[str, Any]) -> tuple[C.Sweep, list[Trial]]:
     """The validated sweep and all its trials; raises ConfigError listing every problem."""
     sweep, base_issues = C.validate_sweep(base_raw)
-    subgrids, issues = _subgrids(base_raw.get("grid"))
+    algorithm = sweep.search.algorithm if sweep else str((base_raw.get("search") or {}).get("algorithm", "grid"))
+    subgrids, issues = _subgrids(base_raw.get("grid"), algorithm)
     issues = base_issues + issues
     seen_base = {(i.path, i.message) for i in base_issues}
     trials: list[Trial] = []
@@ -98,14 +129,16 @@ def expand(base_raw: dict[str, Any]) -> tuple[C.Sweep, list[Trial]]:
         keys = list(axes)
         for values in itertools.product(*(axes[k] for k in keys)):
             cell = dict(zip(keys, values, strict=False))
-            trial, cell_issues = C.validate_trial(resolve(base_raw, cell))
+            trial, cell_issues = _validate_cell(base_raw, cell)
             if trial is not None:
                 # the union of sub-grids runs a configuration once, however its cells spell it
                 fingerprint = json.dumps(trial.model_dump(mode="json"), sort_keys=True)
                 if fingerprint in seen_cells:
                     continue
                 seen_cells.add(fingerprint)
-            prefix = (f"grid[{g}]" if multi else "grid") + f" ({', '.join(f'{k}={v}' for k, v in cell.items())})"
+            # no axes: the base config's problems need no grid prefix
+            prefix = ((f"grid[{g}]" if multi else "grid") + f" ({', '.join(f'{k}={v}' for k, v in cell.items())})"
+                      if cell else "")
             for issue in cell_issues:
                 if (issue.path, issue.message) not in seen_base:
                     issues.append(C.ConfigIssue(f"{prefix} {issue.path}".strip(), issue.message))
@@ -120,6 +153,28 @@ def expand(base_raw: dict[str, Any]) -> tuple[C.Sweep, list[Trial]]:
     if issues:
         raise C.ConfigError(str(base_raw.get("name", "grid")), _dedupe(issues))
     return sweep, trials
+
+
+def _validate_cell(base_raw: dict[str, Any], cell: dict[str, Any]) -> tuple[C.TrialConfig | None, list[C.ConfigIssue]]:
+    """The cell's trial config (ranges at their representative values) and the problems of any value its
+    ranges can take (checked at every end of every range)."""
+    ranged = [k for k, v in cell.items() if isinstance(v, Range)]
+    middle = {k: (v.representative() if isinstance(v, Range) else v) for k, v in cell.items()}
+    trial, issues = C.validate_trial(resolve(base_raw, middle))
+    for ends in itertools.islice(itertools.product(*(cell[k].extremes() for k in ranged)), 256):
+        at = dict(zip(ranged, ends, strict=True))
+        _, more = C.validate_trial(resolve(base_raw, middle | at))
+        where = ", ".join(f"{k}={v}" for k, v in at.items())
+        issues += [C.ConfigIssue(i.path, f"{i.message} (at {where} of the range)") for i in more if i not in issues]
+    if issues:
+        trial = None
+    return trial, list(dict.fromkeys(issues))
+
+
+def trial_count(sweep: C.Sweep, trials: list[Trial]) -> int:
+    """How many trials Tune will run: every cell num_samples times, or optuna's num_samples in total."""
+    n = sweep.search.num_samples
+    return n if sweep.search.algorithm == "optuna" else len(trials) * n
 
 
 def _dedupe(issues: list[C.ConfigIssue]) -> list[C.ConfigIssue]:
@@ -139,8 +194,19 @@ def load(path, overrides: list[str] | None = None) -> tuple[dict[str, Any], C.Sw
     return raw, sweep, trials
 
 
-def param_space(trials: list[Trial]) -> dict[str, Any]:
-    """Tune param_space: one grid axis over the cells (see module docstring)."""
+def param_space(trials: list[Trial], algorithm: str = "grid") -> dict[str, Any]:
+    """Tune param_space: one grid axis over the cells, ranges as Tune domains (see module docstring); for
+    Optuna one mapping of choices and domains (it cannot sample a grid axis)."""
     from ray import tune
 
-    return {"cell": tune.grid_search([t.cell for t in trials])}
+    def domain(value):
+        return value.to_tune() if isinstance(value, Range) else value
+
+    if algorithm != "optuna":
+        return {"cell": tune.grid_search([{k: domain(v) for k, v in t.cell.items()} for t in trials])}
+    space = {}
+    for key in dict.fromkeys(k for t in trials for k in t.cell):
+        values = list(dict.fromkeys(t.cell[key] for t in trials if key in t.cell))
+        # a one-value choice, not a constant: Tune's Optuna adapter drops constants from what it suggests
+        space[key] = domain(values[0]) if isinstance(values[0], Range) else tune.choice(values)
+    return {"cell": space}

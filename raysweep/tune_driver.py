@@ -159,6 +159,8 @@ def init_ray(address: str | None, dashboard: bool = True, verbose: bool = False)
     global _dashboard
     if ray.is_initialized():
         return
+    # RAY_ADDRESS (set e.g. inside a `ray job submit` job) names the cluster like --address does
+    address = address or os.environ.get("RAY_ADDRESS") or None
     _dashboard = None if address else dashboard
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Ray Tune's own progress output is replaced by ours (progress.py)
@@ -167,8 +169,10 @@ def init_ray(address: str | None, dashboard: bool = True, verbose: bool = False)
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # the dashboard listens on loopback only; reach it from elsewhere through an SSH tunnel
-        ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
+        # "local": a new embedded cluster, as the CLI promises without --address. Plain ray.init() would
+        # join the latest cluster `ray start` left on this machine instead.
+        # The dashboard listens on loopback only; reach it from elsewhere through an SSH tunnel.
+        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
 
 
 def build_trainable(sweep_raw: dict[str, Any], experiment_path: str):
@@ -253,9 +257,39 @@ class _EvalMedianStopping(_JudgeOnEvals, MedianStoppingRule):
     pass
 
 
+# --------------------------------------------------------------------------------------------------
+# search algorithms (search.algorithm)
+
+
+def build_search_alg(sweep_raw: dict[str, Any]):
+    """The Tune searcher of `search.algorithm` (None: Tune's default grid/variant generator).
+
+    random: Tune's variant generator with a seeded random state (the grid's cells in order, each range
+    drawn per cell and sample). optuna: Optuna's TPE sampler through Tune's OptunaSearch, seeded, on
+    search.metric/mode or on several search.objectives (multi-objective TPE); it is told each trial's last
+    result, so it learns from finished trials and from trials an early-stopping scheduler ended.
+    """
+    search = space.C.SearchConfig(**(sweep_raw.get("search") or {}))
+    if search.algorithm == "grid":
+        return None
+    if search.algorithm == "random":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=search.seed)
+    from ray.tune.search.optuna import OptunaSearch
+
+    if search.objectives and len(search.objectives) > 1:
+        metric, mode = list(search.objectives), list(search.objectives.values())
+    else:
+        metric, mode = next(iter((search.objectives or {search.metric: search.mode}).items()))
+    return OptunaSearch(metric=metric, mode=mode, seed=search.seed)
+
+
 def _trial_dirname(trial) -> str:
     cell = trial.config.get("cell", {})
-    short = "_".join(f"{k.split('.')[-1]}={v}" for k, v in cell.items())
+    # drawn floats (random/optuna ranges) shortened; the exact value is in params.json and trials.csv
+    short = "_".join(f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                     for k, v in cell.items())
     return f"{trial.trial_id}_{short}"[:120].replace("/", "-")
 
 
@@ -272,9 +306,10 @@ def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name
     in_actor = executor(sweep_raw) == "actor"
     tuner = tune.Tuner(
         build_trainable(sweep_raw, experiment_path),
-        param_space=space.param_space(trials),
+        param_space=space.param_space(trials, search.algorithm),
         tune_config=tune.TuneConfig(
             num_samples=search.num_samples,
+            search_alg=build_search_alg(sweep_raw),
             scheduler=build_scheduler(sweep_raw),
             max_concurrent_trials=max_concurrent,
             trial_dirname_creator=_trial_dirname,
@@ -294,7 +329,9 @@ def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name
     return tuner.fit()
 
 
-def resume(experiment_path: str, sweep_raw: dict[str, Any], callbacks: list, restart_errored: bool = False):
+def resume(experiment_path: str, sweep_raw: dict[str, Any], callbacks: list, retry_errored: bool = False):
+    """Continue an experiment: unfinished trials (and failed ones with `retry_errored`) go on from their
+    latest checkpoint; finished ones are not started again."""
     from ray import tune
 
     problem = setup_problem(sweep_raw, _dashboard)
@@ -304,7 +341,11 @@ def resume(experiment_path: str, sweep_raw: dict[str, Any], callbacks: list, res
         experiment_path,
         trainable=build_trainable(sweep_raw, experiment_path),
         resume_unfinished=True,
-        restart_errored=restart_errored,
+        # a failed trial is retried as itself (Tune's restart_errored would make it a new trial with a new
+        # id and directory, leaving the failed one behind as a second, never-finished trial of the same
+        # cell), from its latest checkpoint like a max_failures retry (train executor: Ray Train's run of
+        # the same name)
+        resume_errored=retry_errored,
     )
     # Tuner.restore keeps the RunConfig of the original run, whose callbacks are not restored
     tuner._local_tuner.get_run_config().callbacks = callbacks  # noqa: SLF001 - no public setter in Ray 2.60

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raysweep import checkpointing
+from raysweep import checkpointing, strategies
 from raysweep import metrics as M
 from raysweep.session import Session
 
@@ -41,6 +41,12 @@ def setup_runtime(config: dict[str, Any]) -> None:
     # one torch thread per reserved CPU: oversubscribing cores slows concurrent trials down
     torch.set_num_threads(max(1, int(config["resources"]["cpus_per_worker"])))
     set_seed(config["train"]["seed"])
+
+
+def _gpu_memory_fraction(config: dict[str, Any]) -> float | None:
+    from raysweep.config import ResourcesConfig
+
+    return ResourcesConfig(**config["resources"]).resolved_gpu_memory_fraction()
 
 
 def setup_model(config: dict[str, Any], session: Session):
@@ -152,8 +158,15 @@ def evaluate(model, examples, config: dict[str, Any], session: Session, pad_id: 
     sums = torch.zeros(4, dtype=torch.float64)  # loss sum, tokens, exact matches, examples
     was_training = model.training
     model.eval()
+    # every worker runs as many forward passes as the one with the largest shard: under DeepSpeed ZeRO-3 each
+    # forward gathers parameters from all workers, so one with a batch fewer would leave the others waiting
+    rounds = math.ceil(math.ceil(len(examples) / session.world_size) / bs)
     with torch.no_grad():
-        for i in range(0, len(mine), bs):
+        for i in range(0, rounds * bs, bs):
+            if not mine[i : i + bs]:  # a forward in step with the others; its numbers are not counted
+                batch = {k: v.to(device) for k, v in collate(examples[:1], pad_id).items()}
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                continue
             batch = {k: v.to(device) for k, v in collate(mine[i : i + bs], pad_id).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
@@ -185,14 +198,17 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     started_at, t_setup = time.time(), time.perf_counter()
     t = config["train"]
     setup_runtime(config)
+    strategy = strategies.build(config)  # ddp or a DeepSpeed ZeRO engine (resources.strategy)
+    strategies.limit_gpu_memory(_gpu_memory_fraction(config), session.device())
     model, adapter, tokenizer, load_metrics = setup_model(config, session)
     train_set, eval_set = setup_data(config, tokenizer)
     pad_id = tokenizer.pad_token_id
     context = setup_context(config, session, train_set, eval_set, pad_id)
     load_metrics |= adapter.prepare(model, context)  # e.g. prune the base: before DDP sees the model
-    wrapped = session.prepare_model(model)
     steps = total_steps(t, len(train_set), session.world_size)
     optimizer, scheduler = setup_optimizer(config, model, adapter, steps)
+    # after the optimizer: DeepSpeed wraps model and optimizer together (DDP keeps the same parameters)
+    wrapped = strategy.prepare(model, optimizer, session)
     device = session.device()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t["bf16"])
     ckpt_every = t["checkpoint_every"] or t["eval_every"]
@@ -208,9 +224,8 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     with session.latest_checkpoint() as ckpt:
         if ckpt is not None:  # resume: adapter weights, optimizer, schedule, data position, RNG
             saved = checkpointing.load_trainer_state(ckpt)
-            adapter.load_state_dict(model, checkpointing.load_adapter_state(ckpt))
+            strategy.restore(ckpt, saved, model, adapter, optimizer)  # adapter weights + optimizer state
             best_adapter_state = checkpointing.load_best_state(ckpt)
-            optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             torch.set_rng_state(saved["rng"])
             state = saved["state"]
@@ -219,7 +234,8 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
                 layer_rows = checkpointing.load_layer_log(ckpt / log_name)
 
     static = adapter.metrics(model) | load_metrics | {
-        M.SYS_SETUP_S: time.perf_counter() - t_setup, M.SYS_STARTED_AT: started_at, M.SYS_PID: os.getpid()}
+        M.SYS_SETUP_S: time.perf_counter() - t_setup, M.SYS_STARTED_AT: started_at, M.SYS_PID: os.getpid(),
+        M.SYS_NODE_ID: session.node_id()}
     last_eval: dict[str, float] = {}
 
     last_report_time = [time.monotonic()]
@@ -235,15 +251,19 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
             session.report(row)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            directory = None
-            if session.world_rank == 0:  # one copy of the (replicated) adapter is enough
-                trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                 "rng": torch.get_rng_state(), "state": dict(state)}
-                directory = checkpointing.save(
-                    Path(tmp) / f"checkpoint_step{state['step']:06d}", adapter=adapter, model=model,
-                    best_state=best_adapter_state, trainer_state=trainer_state, config=config, metrics=row,
-                    layer_log=(log_name, layer_rows) if log_name else None, reports=files)
-            session.report(row, directory)
+            directory = Path(tmp) / f"checkpoint_step{state['step']:06d}"
+            # DeepSpeed: every worker writes its optimizer shard; the checkpoint directory gathers them all
+            sharded = strategy.save_shard(directory)
+            with strategy.gathered(model):  # ZeRO-3: whole adapter weights (every worker takes part)
+                if session.world_rank == 0:  # one copy of the (replicated) adapter is enough
+                    trainer_state = {"optimizer": strategy.optimizer_state(optimizer),
+                                     "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                                     "state": dict(state)}
+                    checkpointing.save(
+                        directory, adapter=adapter, model=model,
+                        best_state=best_adapter_state, trainer_state=trainer_state, config=config, metrics=row,
+                        layer_log=(log_name, layer_rows) if log_name else None, reports=files)
+            session.report(row, directory if session.world_rank == 0 or sharded else None)
 
     def run_eval() -> None:
         nonlocal best_adapter_state
@@ -255,7 +275,8 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
         threshold = state["best_loss"] * (1 - t["early_stopping"]["min_rel_improvement"])
         if math.isinf(state["best_loss"]) or loss < threshold:
             state["best_loss"], state["best_step"], state["bad_evals"] = loss, state["step"], 0
-            best_adapter_state = adapter.state_dict(model)
+            with strategy.gathered(model):
+                best_adapter_state = adapter.state_dict(model)
         else:
             state["bad_evals"] += 1
 
@@ -280,7 +301,7 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
     while state["step"] < steps and not state["early_stopped"]:
         t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
+        strategy.zero_grad(optimizer)
         for _ in range(t["grad_accum_steps"]):
             epoch, idx = next(batches)
             batch = {k: v.to(device) for k, v in collate([train_set[i] for i in idx], pad_id).items()}
@@ -292,15 +313,13 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
                 raise NonFiniteLossError(
                     f"train/loss is {total.item()} at step {state['step']} (lr {scheduler.get_last_lr()[0]:.3g}); "
                     "lower train.lr, keep train.max_grad_norm set, or check the data for empty/odd examples")
-            (total / t["grad_accum_steps"]).backward()
+            strategy.backward(total)
             window_loss += loss.item() / t["grad_accum_steps"]
             n_tokens = int(batch["attention_mask"].sum())
             window_tokens += n_tokens * session.world_size
             state["tokens"] += n_tokens * session.world_size
-        if t["max_grad_norm"]:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t["max_grad_norm"])
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        strategy.step(model, optimizer)  # gradient clipping (train.max_grad_norm) included
         # before scheduler.step(): a proximal step must use the learning rate the gradient step just used
         adapter.after_optimizer_step(model, optimizer, (state["step"] + 1) / steps)
         scheduler.step()

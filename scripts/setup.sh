@@ -13,7 +13,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
 fi
 stamp=.venv/.raysweep-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet -e ".[dev,quant]"  # quant: bitsandbytes, QLoRA tests run on CPU too
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
+  # quant: bitsandbytes, QLoRA tests run on CPU too; deepspeed: ZeRO strategies, their tests run on CPU (gloo).
+  # DeepSpeed ships as source: DS_BUILD_OPS=0 compiles none of its C++/CUDA ops at install (raysweep uses
+  # torch's AdamW and torch.distributed, no DeepSpeed op); the torch installed above satisfies it and stays
+  DS_BUILD_OPS=0 .venv/bin/python -m pip install --quiet -e ".[dev,quant,deepspeed]"
   touch "$stamp"
 fi
