@@ -8,7 +8,9 @@
    with the number of trials finished so far (the TERMINATED lines the driver prints). Flat = the RSS
    after the first 50 trials does not grow with the trials: the slope of a least-squares line of RSS over
    finished trials in the second half of the sweep, in KiB per trial, is printed with the samples at
-   25/50/100/150/N finished.
+   25/50/100/150/N finished. Baseline, measured in the same run: a plain Ray Tune sweep (no raysweep code
+   in the driver; reused function actors; each trial reports as many numbers as a raysweep trial) of the
+   same N trials, sampled the same way: what Tune itself keeps per trial.
 2. resume: a grid of M trials of 30 steps, run uninterrupted (T_full); then run again and SIGKILL the driver
    once half of the trials have finished (T_killed, launch → kill), and `raysweep resume` it (T_resume).
    Printed: (T_killed + T_resume) / T_full, T_resume / T_full, and of the trials finished before the kill,
@@ -51,12 +53,14 @@ def grid_file(name: str, trials: int, steps: int) -> Path:
 
 
 class Driver:
-    """`python -m raysweep <args>` in a subprocess, counting the trials it reports finished."""
+    """`python -m raysweep <args>` (or another command) in a subprocess, counting the trials it reports
+    finished (its TERMINATED lines)."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, command: list[str] | None = None):
         env = dict(os.environ, COLUMNS="120")
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "raysweep", *args, "--no-dashboard"],
+        command = command or [sys.executable, "-m", "raysweep", *args, "--no-dashboard"]
+        self.proc = subprocess.Popen(command,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
         self.finished = 0
         self.finished_ids: list[str] = []
@@ -77,8 +81,33 @@ class Driver:
         return time.perf_counter() - self.started
 
 
-def memory(trials: int) -> dict:
-    driver = Driver("run", str(grid_file("memory", trials, 2)), "--storage", str(OUT / "runs"))
+def bare_tune(trials: int, keys: int) -> None:
+    """The baseline driver: plain Ray Tune, reused function actors, each trial reporting 2 results of `keys`
+    numbers (as many as a raysweep report), no raysweep code in the driver."""
+    import ray
+    from ray import tune
+
+    def trainable(config):
+        for step in (1, 2):
+            tune.report({f"m{i}": float(step * i + config["seed"]) for i in range(keys)})
+
+    class Lines(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            print(f"TERMINATED {trial.trial_id}", flush=True)
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    tune.Tuner(tune.with_resources(trainable, {"cpu": 1}), param_space={"seed": tune.grid_search(list(range(trials)))},
+               tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=2),
+               run_config=tune.RunConfig(name="bare", storage_path=str(OUT / "runs"), callbacks=[Lines()],
+                                         verbose=0)).fit()
+
+
+def memory(trials: int, bare_keys: int | None = None) -> dict:
+    """Driver RSS over a sweep: raysweep's (bare_keys None) or the plain-Tune baseline's."""
+    if bare_keys is None:
+        driver = Driver("run", str(grid_file("memory", trials, 2)), "--storage", str(OUT / "runs"))
+    else:
+        driver = Driver(command=[sys.executable, __file__, "--bare", str(trials), str(bare_keys)])
     me = psutil.Process(driver.proc.pid)
     samples = []  # (finished, rss MiB)
     while driver.proc.poll() is None:
@@ -97,8 +126,12 @@ def memory(trials: int) -> dict:
     mean_f, mean_r = sum(f for f, _ in half) / n, sum(r for _, r in half) / n
     var = sum((f - mean_f) ** 2 for f, _ in half)
     slope_kib = (sum((f - mean_f) * (r - mean_r) for f, r in half) / var * 1024) if var else 0.0
-    rows = list(csv.DictReader((OUT / "runs" / "memory" / "trials.csv").open()))
-    return {"trials": trials, "terminated": sum(r["status"] == "TERMINATED" for r in rows), "seconds": round(seconds, 1),
+    if bare_keys is None:
+        rows = list(csv.DictReader((OUT / "runs" / "memory" / "trials.csv").open()))
+        terminated = sum(r["status"] == "TERMINATED" for r in rows)
+    else:
+        terminated = driver.finished
+    return {"trials": trials, "terminated": terminated, "seconds": round(seconds, 1),
             "rss_mib_at_finished": at, "rss_mib_max": round(max(r for _, r in samples), 1),
             "slope_kib_per_trial_second_half": round(slope_kib, 2), "samples": len(samples)}
 
@@ -140,14 +173,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--resume-trials", type=int, default=24)
+    parser.add_argument("--bare", nargs=2, type=int, help=argparse.SUPPRESS)  # the baseline's own process
     args = parser.parse_args()
+    if args.bare:
+        bare_tune(*args.bare)
+        return
     from raysweep.builtin import ensure_builtin_model, ensure_builtin_task
 
     ensure_builtin_model()
     ensure_builtin_task()
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
-    out = {"memory": memory(args.trials), "resume": resume(args.resume_trials)}
+    out = {"memory": memory(args.trials)}
+    with (OUT / "runs" / "memory" / "trials.csv").open() as f:  # numbers per raysweep report, for the baseline
+        row = next(csv.DictReader(f))
+    keys = sum(1 for k, v in row.items() if "/" in k and v not in ("", None))
+    out["memory_plain_tune"] = memory(args.trials, bare_keys=keys) | {"numbers_per_report": keys}
+    out["resume"] = resume(args.resume_trials)
     print(json.dumps(out, indent=2))
     (OUT / "result.json").write_text(json.dumps(out, indent=2))
 
