@@ -219,8 +219,9 @@ class ProgressCallback(Callback):
         family = _family_columns(self.records.values())
         options = [c for c in family if c[1] == "option"]
         metrics = [c for c in family if c[1] == "metric"]
-        columns = ["trial", "status", "adapter", "rank", "seed"] + [c[0] for c in options] + [
-            "step", "loss", "eval loss", "acc", "tok/s"] + [c[0] for c in metrics]
+        axes = _other_axes(self.records.values())
+        columns = ["trial", "status", "adapter", "rank", "seed"] + [k.split(".")[-1] for k in axes] + [
+            c[0] for c in options] + ["step", "loss", "eval loss", "acc", "tok/s"] + [c[0] for c in metrics]
         for col in columns:
             table.add_column(col, justify="right" if col not in ("trial", "status", "adapter") else "left")
         for rec in self.records.values():
@@ -228,6 +229,7 @@ class ProgressCallback(Callback):
             row = [rec.trial_id, Text(rec.shown_status, style=STATUS_STYLE.get(rec.shown_status, "")),
                    str(rec.resolved["adapter"]["type"]), str(rec.resolved["adapter"]["r"]),
                    str(rec.resolved["train"]["seed"])]
+            row += [_fmt(rec.cell.get(key)) for key in axes]
             row += [_fmt(_option(rec.resolved["adapter"], key)) for _, _, key in options]
             row += [_fmt(last.get(M.TRAIN_STEP)), _fmt(last.get(M.TRAIN_LOSS)), _fmt(last.get(M.EVAL_LOSS)),
                     _fmt(last.get(M.EVAL_ACCURACY), 3), _fmt(last.get(M.TRAIN_TOKENS_PER_S), 3)]
@@ -303,7 +305,21 @@ def describe(rec: TrialRecord) -> str:
     a, t = rec.resolved["adapter"], rec.resolved["train"]
     extra = "".join(f" {header}={_fmt(_option(a, key))}" for header, kind, key in
                     adapters.get(a["type"]).PROGRESS_COLUMNS if kind == "option")
-    return f"{a['type']} r={a['r']}{extra} seed={t['seed']}"
+    axes = "".join(f" {k.split('.')[-1]}={_fmt(rec.cell[k])}" for k in _other_axes([rec]))
+    return f"{a['type']} r={a['r']}{extra} seed={t['seed']}{axes}"
+
+
+def _other_axes(records) -> list[str]:
+    """The grid axes (and drawn ranges) of these trials that the fixed columns (adapter, rank, seed) and the
+    family option columns do not show already, e.g. train.lr of a learning-rate search."""
+    from raysweep import adapters
+
+    shown = {"adapter.type", "adapter.r", "train.seed"}
+    records = list(records)
+    for rec in records:
+        family = adapters.get(rec.resolved["adapter"]["type"]).PROGRESS_COLUMNS
+        shown |= {f"adapter.{key}" for _, kind, key in family if kind == "option"}
+    return [k for k in dict.fromkeys(k for rec in records for k in rec.cell) if k not in shown]
 
 
 def read_error(trial_path: str) -> str:

@@ -160,6 +160,27 @@ def test_every_search_space_with_ranges_plans(tmp_path):
     assert "trials: 16 (optuna: num_samples 16 trials chosen by TPE (seed 0)" in " ".join(proc.stdout.split())
 
 
+def test_the_live_table_and_log_lines_show_drawn_values(tmp_path):
+    """A learning-rate search shows each trial's drawn lr (not only adapter, rank and seed)."""
+    from rich.console import Console
+
+    from raysweep.progress import ProgressCallback, TrialRecord, describe
+
+    raw = dict(BASE, search={"algorithm": "random"}, grid={"train.lr": {"loguniform": [1e-4, 1e-2]},
+                                                          "adapter.r": [2, 4]})
+    callback = ProgressCallback(str(tmp_path), lambda cell: space.trial_config(raw, cell), Console(width=200))
+    for i, (lr, r) in enumerate([(0.00123456, 2), (0.0045, 4)]):
+        cell = {"train.lr": lr, "adapter.r": r}
+        callback.records[str(i)] = TrialRecord(str(i), cell, space.trial_config(raw, cell))
+    console = Console(width=200, record=True)
+    console.print(callback.table())
+    text = console.export_text()
+    header = text.splitlines()[2]
+    assert [c.strip() for c in header.split("┃") if c.strip()][:6] == ["trial", "status", "adapter", "rank", "seed", "lr"]
+    assert "0.001235" in text and "0.0045" in text
+    assert describe(callback.records["0"]) == "lora r=2 seed=0 lr=0.001235"
+
+
 # ------------------------------------------------------------------------------------------ integration
 
 GRID = textwrap.dedent("""
