@@ -20,8 +20,8 @@ from raysweep import config as C
 EXIT_TRIAL_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 console = Console()
-if not console.is_terminal:  # logs and CI: wide enough that trial ids and numbers are not cut
-    console = Console(width=140)
+if not console.is_terminal:  # logs and CI: wide enough that trial ids and numbers are not cut ($COLUMNS wins)
+    console = Console(width=int(os.environ.get("COLUMNS", "0")) if os.environ.get("COLUMNS", "").isdigit() else 180)
 err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 140)
 
 
