@@ -34,9 +34,6 @@ class Trial:
     def label(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.cell.items())
 
-    def has_ranges(self) -> bool:
-        return any(isinstance(v, Range) for v in self.cell.values())
-
 
 def resolve(base_raw: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     """The raw trial dict: base values with the cell's axis values set at their key paths."""
@@ -161,6 +158,7 @@ def _validate_cell(base_raw: dict[str, Any], cell: dict[str, Any]) -> tuple[C.Tr
     ranged = [k for k, v in cell.items() if isinstance(v, Range)]
     middle = {k: (v.representative() if isinstance(v, Range) else v) for k, v in cell.items()}
     trial, issues = C.validate_trial(resolve(base_raw, middle))
+    # corners of the ranges' box; capped so a cell with many ranges/choices cannot stall `plan` (8 ranges = 256)
     for ends in itertools.islice(itertools.product(*(cell[k].extremes() for k in ranged)), 256):
         at = dict(zip(ranged, ends, strict=True))
         _, more = C.validate_trial(resolve(base_raw, middle | at))
