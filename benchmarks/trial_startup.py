@@ -23,6 +23,15 @@ or actor reuse), setup (base model + data + optimizer; `sys/model_load_s` is the
 
 4. base-model cache: a ~1.1B-parameter Llama (bf16, random weights, written to a temp dir) loaded from
    disk vs taken from the per-process cache (what a reused actor does), in this process.
+
+The machine's speed drifts by ±10% over minutes here (a shared 2-core host), more than the differences
+measured, so bare, the actor sweep, the warm pair and the loop are run `--repeats` times, back to back in
+each repeat, and every ratio is taken within a repeat; the table reports the median over repeats (and
+each repeat). The `train` executor is run once (it is far from every target).
+
+The actor sweep's fixed cost is split as: CLI start → first trial launched (Python and Ray start-up, Tune
+set-up, the trial actors' processes), first trial launched → its training loop ready (the actor's first
+imports and base-model load), and last trial ended → the CLI has exited (summary, Ray shutdown).
 """
 
 from __future__ import annotations
@@ -110,13 +119,14 @@ def loop(overrides: list[str], n: int) -> float:
     return time.perf_counter() - t0
 
 
-def sweep(overrides: list[str], executor: str) -> tuple[float, list[dict]]:
-    name = f"startup-{executor}"
-    t0 = time.perf_counter()
+def sweep(overrides: list[str], executor: str, tag: str = "") -> tuple[float, list[dict], dict[str, float]]:
+    name = f"startup-{executor}{tag}"
+    shutil.rmtree(OUT / name, ignore_errors=True)
+    t0, wall0 = time.perf_counter(), time.time()
     proc = subprocess.run([sys.executable, "-m", "raysweep", "run", GRID, *overrides,
                            f"resources.executor={executor}", "--storage", str(OUT), "--name", name,
                            "--no-dashboard"], cwd=ROOT, capture_output=True, text=True)
-    makespan = time.perf_counter() - t0
+    makespan, wall1 = time.perf_counter() - t0, time.time()
     if proc.returncode:
         sys.exit(proc.stdout[-2000:] + proc.stderr[-2000:])
     with (OUT / name / "trials.csv").open() as f:
@@ -124,8 +134,13 @@ def sweep(overrides: list[str], executor: str) -> tuple[float, list[dict]]:
     for r in rows:
         results = [json.loads(line) for line in Path(r["trial_path"], "result.json").read_text().splitlines()]
         r["last_report"] = results[-1]["sys/time"]
-    print(f"{executor}: makespan {makespan:.1f} s", flush=True)
-    return makespan, rows
+    first = min(rows, key=lambda r: float(r["launched_at"]))
+    fixed = {"to_first_launch": float(first["launched_at"]) - wall0,
+             "first_ready": float(first["sys/started_at"]) + float(first["sys/setup_s"]) - float(first["launched_at"]),
+             "after_last_end": wall1 - max(float(r["ended_at"]) for r in rows)}
+    print(f"{executor}: makespan {makespan:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in fixed.items())})",
+          flush=True)
+    return makespan, rows, fixed
 
 
 def phases(rows: list[dict], slots: int) -> dict[str, list[float]]:
@@ -208,11 +223,35 @@ def med(xs: list[float]) -> str:
     return f"{statistics.median(xs):.2f}" if xs else "-"
 
 
+def ratio_table(runs: list[dict[str, float]], slots: int) -> None:
+    """One row per way of running the grid; every ratio is the median over repeats of the ratio taken within
+    a repeat (see the module docstring)."""
+    def med_ratio(a: str, b: str) -> float:
+        return statistics.median(r[a] / r[b] for r in runs)
+
+    ways = [("ideal", f"ideal: Σ bare (one trial at a time, warm) ÷ {slots}"),
+            ("pair", f"warm pair: {slots} warm processes in parallel, no Ray"),
+            ("loop", "sequential loop of fresh processes (2 threads each)"),
+            ("actor", "raysweep, executor=actor")] + ([("train", "raysweep, executor=train")] if "train" in runs[0] else [])
+    print("| way to run the grid | makespan, median (each repeat) | ÷ ideal (Σ bare ÷ slots) | ÷ warm pair | "
+          "speed-up vs loop |\n|---|---|---|---|---|")
+    for key, label in ways:
+        each = ", ".join(f"{r[key]:.1f}" for r in runs if key in r)
+        ideal = med_ratio(key, "ideal") if key != "train" else runs[0]["train"] / runs[0]["ideal"]
+        pair = med_ratio(key, "pair") if key != "train" else runs[0]["train"] / runs[0]["pair"]
+        loop_x = med_ratio("loop", key) if key != "train" else runs[0]["loop"] / runs[0]["train"]
+        bold = "**" if key == "actor" else ""
+        print(f"| {label} | {statistics.median(r[key] for r in runs if key in r):.1f} s ({each}) | "
+              f"{bold}{ideal:.2f}{bold} | {bold}{pair:.2f}{bold} | {bold}{loop_x:.2f}{bold} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--many", default=None, help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--repeats", type=int, default=3, help="repeats of bare / actor / warm pair / loop")
+    p.add_argument("--skip-train", action="store_true", help="leave out the train executor's sweep")
     p.add_argument("--skip-big-model", action="store_true")
     args, rest = p.parse_known_args()
     if args.one is not None:
@@ -226,35 +265,45 @@ def main() -> None:
 
     ensure_builtin_model()
     ensure_builtin_task()
-    shutil.rmtree(OUT, ignore_errors=True)
-    results = {ex: sweep(overrides, ex) for ex in ("actor", "train")}
-    bare_times = bare(overrides)
+    shutil.rmtree(OUT / "startup-train", ignore_errors=True)
     slots = 2 if (os.cpu_count() or 1) >= 2 else 1
-    ideal = sum(bare_times) / slots
-    loop_s = loop(overrides, len(bare_times))
-    pair_s = warm_pair(overrides, len(bare_times), slots)
+    runs: list[dict[str, float]] = []
+    sweeps: dict[str, list[tuple[list[dict], dict[str, float]]]] = {"actor": [], "train": []}
+    for k in range(args.repeats):
+        print(f"--- repeat {k + 1} of {args.repeats}", flush=True)
+        bare_times = bare(overrides)
+        run = {"ideal": sum(bare_times) / slots, "sum_bare": sum(bare_times)}
+        run["actor"], rows, fixed = sweep(overrides, "actor", tag=f"-{k + 1}")
+        sweeps["actor"].append((rows, fixed))
+        run["pair"] = warm_pair(overrides, len(bare_times), slots)
+        run["loop"] = loop(overrides, len(bare_times))
+        if k == 0 and not args.skip_train:
+            run["train"], rows, fixed = sweep(overrides, "train")
+            sweeps["train"].append((rows, fixed))
+        runs.append(run)
+        print(f"repeat {k + 1}: " + ", ".join(f"{key} {v:.1f} s" for key, v in run.items()), flush=True)
 
-    print(f"\n8 trials × train.max_steps={args.steps}; Σ bare {sum(bare_times):.1f} s "
-          f"(mean {statistics.mean(bare_times):.1f} s), {slots} slots, ideal makespan {ideal:.1f} s, "
-          f"warm pair {pair_s:.1f} s\n")
-    print("| way to run the grid | makespan | ÷ ideal (Σ bare ÷ slots) | ÷ warm pair | speed-up vs loop |\n"
-          "|---|---|---|---|---|")
-    print(f"| ideal: Σ bare (one trial at a time, warm) ÷ {slots} | {ideal:.1f} s | 1.00 | {ideal / pair_s:.2f} | "
-          f"{loop_s / ideal:.2f} |")
-    print(f"| warm pair: {slots} warm processes in parallel, no Ray | {pair_s:.1f} s | {pair_s / ideal:.2f} | 1.00 | "
-          f"{loop_s / pair_s:.2f} |")
-    print(f"| sequential loop of fresh processes (2 threads each) | {loop_s:.1f} s | {loop_s / ideal:.2f} | "
-          f"{loop_s / pair_s:.2f} | 1.00 |")
-    for ex, (makespan, _) in results.items():
-        print(f"| raysweep, executor={ex} | {makespan:.1f} s | {makespan / ideal:.2f} | {makespan / pair_s:.2f} | "
-              f"{loop_s / makespan:.2f} |")
+    sums = ", ".join(f"{r['sum_bare']:.1f}" for r in runs)
+    print(f"\n8 trials × train.max_steps={args.steps}, {slots} slots, {args.repeats} repeat(s); Σ bare per repeat: "
+          f"{sums} s\n")
+    ratio_table(runs, slots)
     print("\n| executor | median start-up, steady state (s) | executor phase | setup | of which model | "
           "first trial per slot | shutdown |\n|---|---|---|---|---|---|---|")
-    for ex, (_, rows) in results.items():
-        ph = phases(rows, slots)
+    for ex, done in sweeps.items():
+        if not done:
+            continue
+        ph: dict[str, list[float]] = {}
+        for rows, _ in done:
+            for key, values in phases(rows, slots).items():
+                ph.setdefault(key, []).extend(values)
         print(f"| {ex} | **{med(ph['startup'])}** | {med(ph['executor'])} | {med(ph['setup'])} | {med(ph['model'])} "
               f"| {med(ph['first'])} | {med(ph['shutdown'])} |")
         print(f"<!-- {ex} start-ups: {[round(x, 2) for x in ph['startup']]} -->")
+    print("\n| actor sweep, fixed cost (median over repeats) | s |\n|---|---|")
+    for key, label in (("to_first_launch", "CLI start → first trial launched (Python, Ray, Tune, actor processes)"),
+                       ("first_ready", "first trial launched → its training loop ready (first imports, base model)"),
+                       ("after_last_end", "last trial ended → CLI exited (summary, Ray shutdown)")):
+        print(f"| {label} | {statistics.median(f[key] for _, f in sweeps['actor']):.2f} |")
     if not args.skip_big_model:
         big = big_model_cache()
         print(f"\n| base model ({big['params'] / 1e9:.2f}B params, bf16): ask → all weights in memory | s |\n|---|---|")

@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--name", default=None, help="experiment name (default: grid 'name', made unique)")
     run.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
     run.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
+    run.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files in each "
+                     "trial directory (`tensorboard --logdir <experiment>`; needs tensorboardX)")
 
     plan = sub.add_parser("plan", help="expand and validate a grid; print the trials, resources and (once "
                           "calibrated) estimated wall time and device-hours")
@@ -56,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                         "their latest checkpoint)")
     resume.add_argument("--no-dashboard", action="store_true")
     resume.add_argument("--verbose", action="store_true")
+    resume.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
 
     masks = sub.add_parser("masks", help="precompute the pruning masks of a grid's masked trials (optional: "
                            "trials compute missing ones on demand)")
@@ -241,6 +244,13 @@ def _finish(callback, raw, experiment_path: str) -> int:
     return EXIT_TRIAL_FAILED if "ERROR" in statuses else 0
 
 
+def _check_tensorboard(args) -> None:
+    import importlib.util
+
+    if args.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        raise BadInput("--tensorboard: tensorboardX is not installed; `pip install tensorboardX` or drop the flag")
+
+
 def cmd_run(args) -> int:
     import yaml
 
@@ -249,6 +259,7 @@ def cmd_run(args) -> int:
     if args.name is not None and not re.fullmatch(C.NAME_PATTERN, args.name):  # it becomes one directory
         raise BadInput(f"--name: {args.name!r} is not an experiment name; use letters, digits, _ . - (first a "
                        "letter or digit), e.g. --name rank_study-2")
+    _check_tensorboard(args)
     storage = _storage(args, sweep)
     name = _unique_name(storage, args.name or sweep.name)
     experiment_path = str(storage / name)
@@ -262,7 +273,8 @@ def cmd_run(args) -> int:
         raise BadInput(problem)
     _ensure_builtin(trials)
     try:  # before the experiment directory is written: a sweep that cannot start leaves nothing behind
-        tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose)
+        tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
+                             warm_imports=sweep.resources.resolved_executor() == "actor")
     except ConnectionError as exc:  # e.g. --address auto with no cluster running
         raise BadInput(f"--address {args.address}: {exc}; start the cluster (`ray start --head`) or fix "
                        "the address") from None
@@ -282,11 +294,13 @@ def cmd_run(args) -> int:
         console.print(line)
     callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(saved, cell), console)
     try:
-        tune_driver.run(saved, trials, str(storage), name, [callback], at_once)
+        tune_driver.run(saved, trials, str(storage), name, [callback], at_once, tensorboard=args.tensorboard)
     except KeyboardInterrupt:
         callback.write_csv()
         console.print(f"interrupted; resume with: python -m raysweep resume {experiment_path}")
         return EXIT_INTERRUPTED
+    finally:
+        tune_driver.shutdown_ray()
     return _finish(callback, saved, experiment_path)
 
 
@@ -302,20 +316,25 @@ def cmd_resume(args) -> int:
     if not sweep_file.is_file() or not tune_driver.experiment_exists(experiment_path):
         raise BadInput(f"{args.experiment}: not a raysweep experiment directory (no {tune_driver.SWEEP_FILE} "
                        "or Tune experiment state); give the path printed by `raysweep run`")
+    _check_tensorboard(args)
     raw, sweep, trials = _load(str(sweep_file), [])
     _preflight(raw, trials, launch=True, address=args.address)
     problem = tune_driver.setup_problem(raw, dashboard=not args.no_dashboard, address=args.address)
     if problem:
         raise BadInput(problem)
     _ensure_builtin(trials)
-    tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose)
+    tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
+                         warm_imports=tune_driver.executor(raw) == "actor")
     callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(raw, cell), console)
     try:
-        tune_driver.resume(experiment_path, raw, [callback], retry_errored=args.retry_errored)
+        tune_driver.resume(experiment_path, raw, [callback], retry_errored=args.retry_errored,
+                           tensorboard=args.tensorboard)
     except KeyboardInterrupt:
         callback.write_csv()
         console.print(f"interrupted; resume with: python -m raysweep resume {experiment_path}")
         return EXIT_INTERRUPTED
+    finally:
+        tune_driver.shutdown_ray()
     return _finish(callback, raw, experiment_path)
 
 

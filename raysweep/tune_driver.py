@@ -67,6 +67,9 @@ def shared_store(sweep_raw: dict[str, Any]) -> str | None:
 
 def actor_trial_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any]) -> None:
     """One trial run in this Tune actor's process (reused across trials: imports and base model stay)."""
+    from raysweep import warmup
+
+    warmup.wait()  # this process's background imports, if Ray started them (init_ray)
     from raysweep.model_cache import release_trial_memory
     from raysweep.session import TuneSession
     from raysweep.worker import run_training
@@ -129,6 +132,7 @@ def slots(sweep_raw: dict[str, Any]) -> int:
 
 
 _dashboard: bool | None = None  # whether init_ray started a local Ray with its dashboard (None: not known)
+_owned = False  # init_ray called ray.init here (a Ray someone else started is left running)
 
 
 def setup_problem(sweep_raw: dict[str, Any], dashboard: bool | None, address: str | None = None) -> str | None:
@@ -153,10 +157,12 @@ class SetupError(RuntimeError):
     """The sweep cannot run on this Ray setup (see `setup_problem`)."""
 
 
-def init_ray(address: str | None, dashboard: bool = True, verbose: bool = False) -> None:
+def init_ray(address: str | None, dashboard: bool = True, verbose: bool = False, warm_imports: bool = False) -> None:
+    """Start a local Ray (or join `address`). `warm_imports` (the actor executor): every trial actor of a
+    local Ray starts importing the training stack the moment its process starts (raysweep/warmup.py)."""
     import ray
 
-    global _dashboard
+    global _dashboard, _owned
     if ray.is_initialized():
         return
     # RAY_ADDRESS (set e.g. inside a `ray job submit` job) names the cluster like --address does
@@ -166,13 +172,41 @@ def init_ray(address: str | None, dashboard: bool = True, verbose: bool = False)
     # Ray Tune's own progress output is replaced by ours (progress.py)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "ERROR"}
+    _owned = True
     if address:
         ray.init(address=address, **kwargs)
     else:
         # "local": a new embedded cluster, as the CLI promises without --address. Plain ray.init() would
         # join the latest cluster `ray start` left on this machine instead.
         # The dashboard listens on loopback only; reach it from elsewhere through an SSH tunnel.
+        # A joined cluster keeps its own job settings (e.g. a `ray job submit` runtime_env): no hook there.
+        if warm_imports:
+            kwargs["runtime_env"] = {"worker_process_setup_hook": "raysweep.warmup.start"}
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
+
+
+def shutdown_ray() -> None:
+    """Stop the local Ray that init_ray started (a joined cluster is only disconnected from).
+
+    Ray stops its head processes in order (raylet, GCS, ..., autoscaler monitor), giving each SIGTERM and
+    one second before SIGKILL. The monitor's SIGTERM handler reports its own death through the GCS, which
+    is already gone by then, so it always uses the whole second (Ray 2.60): every `raysweep run` took ~1 s
+    longer to exit than needed. A one-machine Ray has nothing to autoscale, so the monitor is killed first.
+    """
+    import ray
+
+    global _owned
+    if not _owned:
+        return
+    _owned = False
+    node = getattr(ray._private.worker, "_global_node", None)  # noqa: SLF001 - no public handle in 2.60
+    try:
+        if node is not None and node.head:
+            for info in node.all_processes.get("monitor", []):
+                info.process.kill()
+    except Exception:  # noqa: BLE001 - only a speed-up: ray.shutdown below stops everything regardless
+        pass
+    ray.shutdown()
 
 
 def build_trainable(sweep_raw: dict[str, Any], experiment_path: str):
@@ -293,8 +327,19 @@ def _trial_dirname(trial) -> str:
     return f"{trial.trial_id}_{short}"[:120].replace("/", "-")
 
 
+def _with_loggers(callbacks: list, tensorboard: bool) -> list:
+    """Tune's per-trial result.json and progress.csv (what analysis and users read), plus TensorBoard event
+    files only when asked: Tune adds its TensorBoard logger whenever tensorboardX is installed (ray[tune]
+    installs it), and that logger imports torch into the driver at start-up, ~1.2 s before the first trial
+    can start here (benchmarks/RESULTS.md (c))."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # else Tune appends the missing defaults
+    return [*callbacks, CSVLoggerCallback(), JsonLoggerCallback(), *([TBXLoggerCallback()] if tensorboard else [])]
+
+
 def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name: str, callbacks: list,
-        max_concurrent: int):
+        max_concurrent: int, tensorboard: bool = False):
     from ray import tune
 
     problem = setup_problem(sweep_raw, _dashboard)
@@ -317,7 +362,7 @@ def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name
             reuse_actors=in_actor,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, callbacks=callbacks, verbose=0,
+            name=name, storage_path=storage, callbacks=_with_loggers(callbacks, tensorboard), verbose=0,
             # retries: Ray Train's FailureConfig inside the TorchTrainer (train), Tune's here (actor);
             # both restart the trial from its latest checkpoint
             failure_config=tune.FailureConfig(max_failures=res.max_failures if in_actor else 0),
@@ -329,7 +374,8 @@ def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name
     return tuner.fit()
 
 
-def resume(experiment_path: str, sweep_raw: dict[str, Any], callbacks: list, retry_errored: bool = False):
+def resume(experiment_path: str, sweep_raw: dict[str, Any], callbacks: list, retry_errored: bool = False,
+           tensorboard: bool = False):
     """Continue an experiment: unfinished trials (and failed ones with `retry_errored`) go on from their
     latest checkpoint; finished ones are not started again."""
     from ray import tune
@@ -348,7 +394,7 @@ def resume(experiment_path: str, sweep_raw: dict[str, Any], callbacks: list, ret
         resume_errored=retry_errored,
     )
     # Tuner.restore keeps the RunConfig of the original run, whose callbacks are not restored
-    tuner._local_tuner.get_run_config().callbacks = callbacks  # noqa: SLF001 - no public setter in Ray 2.60
+    tuner._local_tuner.get_run_config().callbacks = _with_loggers(callbacks, tensorboard)  # noqa: SLF001 - no public setter in Ray 2.60
     return tuner.fit()
 
 

@@ -149,6 +149,16 @@ def test_export_best_trial_merged_from_the_cli(quickstart, tmp_path):
     assert again.returncode == 2 and "--best" in again.stderr and "Traceback" not in again.stderr
 
 
+def test_quickstart_trials_keep_tune_logs_and_no_tensorboard_files_by_default(quickstart):
+    """result.json and progress.csv (analysis and users read them) in every trial directory; TensorBoard event
+    files only with --tensorboard (see test_failed_trial_is_reported_and_others_finish)."""
+    _, experiment = quickstart
+    for row in read_trials(experiment):
+        trial_dir = Path(row["trial_path"])
+        assert results_of(trial_dir) and (trial_dir / "progress.csv").is_file()
+        assert not list(trial_dir.glob("events.out.tfevents*"))
+
+
 def test_quickstart_reuses_actors_and_their_cached_base_model(quickstart):
     """auto -> actor executor for 1-worker trials: 8 trials share 2 processes; all but the first trial in
     each process get the base model from that process's cache."""
@@ -205,9 +215,11 @@ train: {max_steps: 20, eval_every: 10, max_grad_norm: null, schedule: constant}
 grid:
   train.lr: [0.002, 1.0e+12]
 """)
-    proc = run_cli("run", grid, "--storage", tmp_path / "runs")
+    proc = run_cli("run", grid, "--storage", tmp_path / "runs", "--tensorboard")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {r["status"]: r for r in read_trials(tmp_path / "runs" / "nan")}
+    for row in rows.values():  # --tensorboard: event files next to result.json
+        assert list(Path(row["trial_path"]).glob("events.out.tfevents*")), row["trial_path"]
     assert set(rows) == {"TERMINATED", "ERROR"}
     assert "NonFiniteLossError" in rows["ERROR"]["error"] and "lower train.lr" in rows["ERROR"]["error"]
     assert "1 finished, 1 failed" in proc.stdout

@@ -1,0 +1,55 @@
+"""Import the training stack in the background as soon as a trial actor's process starts.
+
+A reused actor pays for importing torch, transformers and peft once, on its first trial: ~6 s of the
+~6.5 s its first trial takes to start on a 2-core machine (benchmarks/RESULTS.md (c)). Ray spends the
+~3 s before that trial's code runs on Tune's own actor set-up, mostly waiting on RPCs, so the imports can
+run alongside it. `start` is the Ray job's `worker_process_setup_hook` (tune_driver.init_ray sets it for
+the actor executor): it must return at once, or it would only move the wait (Ray runs the hook before the
+worker takes work), hence the thread. `wait` is called by a trial before its own imports, so no module is
+ever imported from two threads at once.
+"""
+
+from __future__ import annotations
+
+import threading
+
+# what run_training imports on its first call, heaviest first (measured: 5.9 s of the 7.3 s a first
+# builtin trial takes to get ready in a fresh process on this machine)
+MODULES = (
+    "torch",
+    "transformers",
+    "transformers.models.llama.modeling_llama",
+    "transformers.optimization",
+    "peft",
+    "raysweep.models",
+    "raysweep.adapters",
+    "raysweep.data",
+    "raysweep.model_cache",
+    "raysweep.builtin",
+)
+
+_thread: threading.Thread | None = None
+
+
+def _import_all() -> None:
+    import importlib
+
+    for name in MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the trial imports it again and reports the real error there
+            return
+
+
+def start() -> None:
+    """Begin the imports in a daemon thread and return (Ray's worker_process_setup_hook)."""
+    global _thread
+    if _thread is None:
+        _thread = threading.Thread(target=_import_all, name="raysweep-warmup", daemon=True)
+        _thread.start()
+
+
+def wait() -> None:
+    """Block until the background imports (if any were started in this process) are done."""
+    if _thread is not None:
+        _thread.join()
