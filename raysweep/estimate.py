@@ -58,29 +58,31 @@ CALIBRATION_VERSION = 1  # bump when what a Calibration measures changes: older 
 # Measured with `python -m raysweep.estimate search_spaces/quickstart.yaml train.max_steps=20
 # train.eval_every=10 'grid.adapter.type=[lora]' --storage DIR --no-dashboard` (a separate 4-trial sweep,
 # not the quickstart; medians of 3 runs; benchmarks/RESULTS.md (g)) unless RESULTS (c) is named.
-# actor executor, first trial on a slot: Tune starts the actor → `run_training` begins (2.27 s), minus a
-# fresh `import torch` (1.17–1.35 s; calibrated per machine): the Ray actor and unpickling the trainable
-# (ray.tune and raysweep imports).
-ACTOR_START_S = 1.1
+# actor executor, first trial on a slot: Tune launches the trial → its training loop is ready (5.94, 5.13,
+# 5.04 s), minus the fresh-process costs calibrated on this machine (torch, transformers/peft imports,
+# model load, tokenization: 5.69 s) × CONTENTION. Negative: each actor starts importing the moment its
+# process starts (raysweep/warmup.py), before Tune reports the trial launched.
+ACTOR_START_S = -0.8
 # actor executor, a trial that follows another on the same (reused) actor: Tune's actor reset (0.005 s;
 # RESULTS (c): 0.02 s).
 ACTOR_REUSE_S = 0.01
-# last report → Tune sees the trial end and frees the slot: actor 0.49 s (RESULTS (c): 0.35 s); train
-# 3.96 s (RESULTS (c)).
-ACTOR_END_S = 0.49
-TRAIN_END_S = 3.96
+# last report → Tune sees the trial end and frees the slot: actor 0.31 s (0.32, 0.31, 0.30; RESULTS (c):
+# 0.33 s); train 3.78 s (RESULTS (c)).
+ACTOR_END_S = 0.31
+TRAIN_END_S = 3.78
 # train executor, every trial: slot free → our training code runs (three process starts, torch/ray
-# imports in each, Train controller and worker group), 1 worker, 2 cores. RESULTS (c): 22.4 s. The
+# imports in each, Train controller and worker group), 1 worker, 2 cores. RESULTS (c): 17.4 s. The
 # transformers/peft imports, model load and tokenization come on top (calibrated).
-TRAIN_START_S = 22.4
+TRAIN_START_S = 17.4
 # the `run` command around the trials: CLI start, imports, ray.init and Tuner set-up before the first
-# trial starts (8.7, 9.4, 11.5 s), ray.shutdown and exit after the last one ends (2.6, 2.7, 2.9 s).
-RUN_START_S = 9.4
-RUN_STOP_S = 2.7
+# trial is launched (7.80, 7.82, 6.89 s), summary, ray.shutdown and exit after the last one ends (0.73,
+# 0.71, 0.68 s).
+RUN_START_S = 7.8
+RUN_STOP_S = 0.71
 # two 1-thread trials running at once on this 2-core machine each run slower than one alone (shared
-# caches and memory bandwidth, plus Ray's own processes): RESULTS (c), "warm pair" ÷ "ideal" = 124.3 s ÷
-# 114.8 s. Applied to CPU trials whenever more than one slot runs at once.
-CONTENTION = 1.08
+# caches and memory bandwidth, plus Ray's own processes): RESULTS (c), "warm pair" ÷ "ideal", median over
+# 3 repeats of 1.03, 1.07, 1.04. Applied to CPU trials whenever more than one slot runs at once.
+CONTENTION = 1.04
 
 # adapter options that do not change what a step computes (values, seeds, schedules): trials that differ
 # only in these share a calibration. Everything else in the adapter section is part of the shape.
