@@ -35,13 +35,6 @@ def test_warmup_hook_returns_at_once_and_wait_finishes_every_import():
     assert out == {"alive_after_start": True, "alive_after_wait": False, "missing": []}
 
 
-def test_warmup_wait_without_start_returns():
-    from raysweep import warmup
-
-    if warmup._thread is None:  # this test process never ran the hook
-        warmup.wait()
-
-
 @pytest.mark.parametrize("tensorboard, expected", [
     (False, ["ProgressProbe", "CSVLoggerCallback", "JsonLoggerCallback"]),
     (True, ["ProgressProbe", "CSVLoggerCallback", "JsonLoggerCallback", "TBXLoggerCallback"]),
