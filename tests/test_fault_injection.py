@@ -51,10 +51,14 @@ def start_cli(log: Path, *args) -> subprocess.Popen:
 
 
 def wait_for(condition, proc: subprocess.Popen, log: Path, what: str, timeout: float = 600):
-    """Poll `condition()` until it returns something truthy (returned); the sweep must still be running."""
+    """Poll `condition()` until it returns something truthy (returned); the sweep must still be running.
+    A JSON file the sweep is writing at that moment (Tune's params.json, result.json) reads as not yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = condition()
+        try:
+            found = condition()
+        except json.JSONDecodeError:
+            found = None
         if found:
             return found
         assert proc.poll() is None, f"the sweep ended before {what}:\n{log.read_text()[-3000:]}"
