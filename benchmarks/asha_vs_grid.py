@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--grace-periods", type=int, nargs="+", default=[20, 40])
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    from raysweep.builtin import ensure_builtin_model, ensure_builtin_task
+    from raysweep.inputs.builtin import ensure_builtin_model, ensure_builtin_task
 
     ensure_builtin_model()
     ensure_builtin_task()

@@ -178,7 +178,7 @@ def main() -> None:
     if args.bare:
         bare_tune(*args.bare)
         return
-    from raysweep.builtin import ensure_builtin_model, ensure_builtin_task
+    from raysweep.inputs.builtin import ensure_builtin_model, ensure_builtin_task
 
     ensure_builtin_model()
     ensure_builtin_task()

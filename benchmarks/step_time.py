@@ -18,12 +18,12 @@ from pathlib import Path
 
 
 def raysweep_loop(steps: int, adapter: str, rank: int, seed: int) -> float:
-    from raysweep import space
-    from raysweep.session import LocalSession
-    from raysweep.worker import run_training
+    from raysweep.config import grid as G
+    from raysweep.trial.loop import run_training
+    from raysweep.trial.session import LocalSession
 
-    raw = space.C.read_yaml(Path(__file__).parents[1] / "search_spaces" / "quickstart.yaml")
-    cfg = space.trial_config(raw, {"adapter.type": adapter, "adapter.r": rank, "train.seed": seed,
+    raw = G.C.read_yaml(Path(__file__).parents[1] / "search_spaces" / "quickstart.yaml")
+    cfg = G.trial_config(raw, {"adapter.type": adapter, "adapter.r": rank, "train.seed": seed,
                                    "train.max_steps": steps, "train.eval_every": 10**6})
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -37,8 +37,8 @@ def bare_loop(steps: int, adapter: str, rank: int, seed: int) -> float:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from raysweep import data
-    from raysweep.builtin import ensure_builtin_model, ensure_builtin_task
+    from raysweep.inputs import data
+    from raysweep.inputs.builtin import ensure_builtin_model, ensure_builtin_task
 
     t0 = time.perf_counter()
     torch.set_num_threads(1)

@@ -31,18 +31,18 @@ def measure(adapter: str, d: int | None, rank: int, steps: tuple[int, int], seed
 
     import torch
 
-    from raysweep import space
-    from raysweep.session import LocalSession
-    from raysweep.worker import run_training
+    from raysweep.config import grid as G
+    from raysweep.trial.loop import run_training
+    from raysweep.trial.session import LocalSession
 
     torch.set_num_threads(1)
-    raw = space.C.read_yaml(ROOT / "search_spaces" / "quickstart.yaml")
+    raw = G.C.read_yaml(ROOT / "search_spaces" / "quickstart.yaml")
     cell = {"adapter.type": adapter, "adapter.r": rank, "train.seed": seed, "train.eval_every": 10**6}
     if adapter == "sublora":
         cell |= {"adapter.intrinsic_dim": d, "adapter.bounds": False, "train.lr": 0.1}
     walls, last = [], {}
     for n in (1, *steps):  # the 1-step run loads the base model and data into the process caches
-        cfg = space.trial_config(raw, cell | {"train.max_steps": n})
+        cfg = G.trial_config(raw, cell | {"train.max_steps": n})
         with tempfile.TemporaryDirectory() as tmp:
             session = LocalSession(Path(tmp))
             t0 = time.perf_counter()

@@ -30,12 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def bare_times(grid: str, overrides: list[str]) -> list[tuple[str, float]]:
     import torch
 
-    from raysweep import space
-    from raysweep.session import LocalSession
-    from raysweep.worker import run_training
+    from raysweep.config import grid as G
+    from raysweep.trial.loop import run_training
+    from raysweep.trial.session import LocalSession
 
     torch.set_num_threads(1)
-    raw, _, trials = space.load(grid, overrides)
+    raw, _, trials = G.load(grid, overrides)
     out = []
     for t in trials:
         cfg = t.config.model_dump(mode="json")
@@ -50,7 +50,7 @@ def bare_times(grid: str, overrides: list[str]) -> list[tuple[str, float]]:
 def main() -> None:
     grid = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "search_spaces" / "quickstart.yaml")
     overrides = sys.argv[2:]
-    from raysweep.builtin import ensure_builtin_model, ensure_builtin_task
+    from raysweep.inputs.builtin import ensure_builtin_model, ensure_builtin_task
 
     ensure_builtin_model()
     ensure_builtin_task()

@@ -55,11 +55,11 @@ OUT = ROOT / "benchmarks" / "_out"
 
 def one_trial(index: int, overrides: list[str]) -> None:
     """Entry point of the `loop` baseline: one trial of the grid in this fresh process."""
-    from raysweep import space
-    from raysweep.session import LocalSession
-    from raysweep.worker import run_training
+    from raysweep.config import grid as G
+    from raysweep.trial.loop import run_training
+    from raysweep.trial.session import LocalSession
 
-    _, _, trials = space.load(GRID, overrides)
+    _, _, trials = G.load(GRID, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         run_training(trials[index].config.model_dump(mode="json"), LocalSession(Path(tmp)))
 
@@ -68,12 +68,12 @@ def many_trials(indices: list[int], overrides: list[str]) -> None:
     """Entry point of the `warm pair` reference: several trials, one after another, in this process."""
     import torch
 
-    from raysweep import space
-    from raysweep.session import LocalSession
-    from raysweep.worker import run_training
+    from raysweep.config import grid as G
+    from raysweep.trial.loop import run_training
+    from raysweep.trial.session import LocalSession
 
     torch.set_num_threads(1)
-    _, _, trials = space.load(GRID, overrides)
+    _, _, trials = G.load(GRID, overrides)
     for i in indices:
         with tempfile.TemporaryDirectory() as tmp:
             run_training(trials[i].config.model_dump(mode="json"), LocalSession(Path(tmp)))
@@ -94,12 +94,12 @@ def warm_pair(overrides: list[str], n: int, slots: int) -> float:
 def bare(overrides: list[str]) -> list[float]:
     import torch
 
-    from raysweep import space
-    from raysweep.session import LocalSession
-    from raysweep.worker import run_training
+    from raysweep.config import grid as G
+    from raysweep.trial.loop import run_training
+    from raysweep.trial.session import LocalSession
 
     torch.set_num_threads(1)
-    _, _, trials = space.load(GRID, overrides)
+    _, _, trials = G.load(GRID, overrides)
     times = []
     for t in trials:
         with tempfile.TemporaryDirectory() as tmp:
@@ -181,8 +181,8 @@ def big_model_cache() -> dict[str, float]:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from raysweep import model_cache
-    from raysweep.builtin import ensure_builtin_model
+    from raysweep.inputs import model_cache
+    from raysweep.inputs.builtin import ensure_builtin_model
 
     cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                       num_attention_heads=32, num_key_value_heads=4, tie_word_embeddings=False)
@@ -261,7 +261,7 @@ def main() -> None:
         many_trials([int(i) for i in args.many.split(",")], rest)
         return
     overrides = [f"train.max_steps={args.steps}"]
-    from raysweep.builtin import ensure_builtin_model, ensure_builtin_task
+    from raysweep.inputs.builtin import ensure_builtin_model, ensure_builtin_task
 
     ensure_builtin_model()
     ensure_builtin_task()

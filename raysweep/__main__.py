@@ -101,10 +101,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(grid: str, overrides: list[str]):
-    from raysweep import space
+    from raysweep.config import grid as G
 
     try:
-        return space.load(grid, overrides)
+        return G.load(grid, overrides)
     except C.ConfigError as exc:
         raise BadInput(str(exc)) from None
 
@@ -112,7 +112,7 @@ def _load(grid: str, overrides: list[str]):
 def _preflight(raw: dict, trials, launch: bool = False, address: str | None = None) -> None:
     """Checks that need the filesystem (or hub), done before Ray starts: model sources, data files, and for a
     `launch`, that the cluster at `address` answers or (no address: Ray is started here) one trial fits here."""
-    from raysweep import data, models
+    from raysweep.inputs import data, models
 
     problems: list[str] = []
     for name in sorted({t.config.model.name_or_path for t in trials}):
@@ -185,8 +185,8 @@ def _local_fit(resources: C.ResourcesConfig) -> list[str]:
 
 
 def cmd_plan(args) -> int:
-    from raysweep import estimate
-    from raysweep.plan import print_plan
+    from raysweep.cli.plan import print_plan
+    from raysweep.offline import estimate
 
     raw, sweep, trials = _load(args.grid, args.overrides)
     if args.calibrate:  # needs the model and data, like `run`
@@ -210,7 +210,7 @@ def _ensure_builtin(trials) -> None:
     """Create the builtin model/task once, here, rather than racing in every trial."""
     tasks = {t.config.data.task for t in trials}
     if any(t.config.model.name_or_path == "builtin" for t in trials) or tasks & {"builtin", "builtin_tokens"}:
-        from raysweep.builtin import ensure_builtin_model, ensure_builtin_task, ensure_builtin_tokens
+        from raysweep.inputs.builtin import ensure_builtin_model, ensure_builtin_task, ensure_builtin_tokens
 
         with console.status("builtin model and task (created on first use, ~1 minute)"):
             ensure_builtin_model()
@@ -234,7 +234,7 @@ def _storage(args, sweep) -> Path:
 
 
 def _finish(callback, raw, experiment_path: str) -> int:
-    from raysweep.progress import print_summary
+    from raysweep.sweep.progress import print_summary
 
     search = C.SearchConfig(**(raw.get("search") or {}))
     print_summary(console, callback.records, experiment_path, search.metric, search.mode)
@@ -264,16 +264,17 @@ def cmd_run(args) -> int:
     name = _unique_name(storage, args.name or sweep.name)
     experiment_path = str(storage / name)
 
-    from raysweep import space, tune_driver
-    from raysweep.plan import describe_search
-    from raysweep.progress import ProgressCallback
+    from raysweep.cli.plan import describe_search
+    from raysweep.config import grid as G
+    from raysweep.sweep import driver
+    from raysweep.sweep.progress import ProgressCallback
 
-    problem = tune_driver.setup_problem(raw, dashboard=not args.no_dashboard, address=args.address)
+    problem = driver.setup_problem(raw, dashboard=not args.no_dashboard, address=args.address)
     if problem:  # before anything is written, built (the builtin model) or Ray starts
         raise BadInput(problem)
     _ensure_builtin(trials)
     try:  # before the experiment directory is written: a sweep that cannot start leaves nothing behind
-        tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
+        driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
                              warm_imports=sweep.resources.resolved_executor() == "actor")
     except ConnectionError as exc:  # e.g. --address auto with no cluster running
         raise BadInput(f"--address {args.address}: {exc}; start the cluster (`ray start --head`) or fix "
@@ -283,66 +284,67 @@ def cmd_run(args) -> int:
     # what `auto` means changes in a later version
     saved = dict(raw, name=name, storage=str(storage),
                  resources={**(raw.get("resources") or {}), "executor": sweep.resources.resolved_executor()})
-    (Path(experiment_path) / tune_driver.SWEEP_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
-    at_once = tune_driver.slots(saved)
-    console.print(f"[bold]{space.trial_count(sweep, trials)} trial(s)[/bold] "
+    (Path(experiment_path) / driver.SWEEP_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
+    at_once = driver.slots(saved)
+    console.print(f"[bold]{G.trial_count(sweep, trials)} trial(s)[/bold] "
                   f"({describe_search(sweep.search, len(trials))}), "
                   f"{at_once} at once, executor {sweep.resources.resolved_executor()} → {experiment_path}")
-    from raysweep.estimate import header_line  # cached calibrations only: `run` never calibrates
+    from raysweep.offline.estimate import header_line  # cached calibrations only: `run` never calibrates
 
     if line := header_line(sweep, trials, at_once):
         console.print(line)
-    callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(saved, cell), console)
+    callback = ProgressCallback(experiment_path, lambda cell: G.trial_config(saved, cell), console)
     try:
-        tune_driver.run(saved, trials, str(storage), name, [callback], at_once, tensorboard=args.tensorboard)
+        driver.run(saved, trials, str(storage), name, [callback], at_once, tensorboard=args.tensorboard)
     except KeyboardInterrupt:
         callback.write_csv()
         console.print(f"interrupted; resume with: python -m raysweep resume {experiment_path}")
         return EXIT_INTERRUPTED
     finally:
-        tune_driver.shutdown_ray()
+        driver.shutdown_ray()
     return _finish(callback, saved, experiment_path)
 
 
 def cmd_resume(args) -> int:
-    from raysweep import space, tune_driver
-    from raysweep.progress import ProgressCallback
+    from raysweep.config import grid as G
+    from raysweep.sweep import driver
+    from raysweep.sweep.progress import ProgressCallback
 
     experiment_path = str(Path(os.path.expanduser(args.experiment)).resolve())
-    sweep_file = Path(experiment_path) / tune_driver.SWEEP_FILE
+    sweep_file = Path(experiment_path) / driver.SWEEP_FILE
     if not Path(experiment_path).is_dir():
         raise BadInput(f"{args.experiment}: no such directory; give the experiment path printed by `raysweep run` "
                        "(<storage>/<name>)")
-    if not sweep_file.is_file() or not tune_driver.experiment_exists(experiment_path):
-        raise BadInput(f"{args.experiment}: not a raysweep experiment directory (no {tune_driver.SWEEP_FILE} "
+    if not sweep_file.is_file() or not driver.experiment_exists(experiment_path):
+        raise BadInput(f"{args.experiment}: not a raysweep experiment directory (no {driver.SWEEP_FILE} "
                        "or Tune experiment state); give the path printed by `raysweep run`")
     _check_tensorboard(args)
     raw, sweep, trials = _load(str(sweep_file), [])
     _preflight(raw, trials, launch=True, address=args.address)
-    problem = tune_driver.setup_problem(raw, dashboard=not args.no_dashboard, address=args.address)
+    problem = driver.setup_problem(raw, dashboard=not args.no_dashboard, address=args.address)
     if problem:
         raise BadInput(problem)
     _ensure_builtin(trials)
-    tune_driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
-                         warm_imports=tune_driver.executor(raw) == "actor")
-    callback = ProgressCallback(experiment_path, lambda cell: space.trial_config(raw, cell), console)
+    driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
+                         warm_imports=driver.executor(raw) == "actor")
+    callback = ProgressCallback(experiment_path, lambda cell: G.trial_config(raw, cell), console)
     try:
-        tune_driver.resume(experiment_path, raw, [callback], retry_errored=args.retry_errored,
+        driver.resume(experiment_path, raw, [callback], retry_errored=args.retry_errored,
                            tensorboard=args.tensorboard)
     except KeyboardInterrupt:
         callback.write_csv()
         console.print(f"interrupted; resume with: python -m raysweep resume {experiment_path}")
         return EXIT_INTERRUPTED
     finally:
-        tune_driver.shutdown_ray()
+        driver.shutdown_ray()
     return _finish(callback, raw, experiment_path)
 
 
 def cmd_masks(args) -> int:
     from rich.table import Table
 
-    from raysweep.mask_store import MASKS_DIR
-    from raysweep.precompute import precompute_masks
+    from raysweep.adapters.masked.store import MASKS_DIR
+    from raysweep.offline.masks import precompute_masks
 
     raw, sweep, trials = _load(args.grid, args.overrides)
     configs = [t.config.model_dump(mode="json") for t in trials]  # ranges at their representative values
@@ -369,7 +371,7 @@ def cmd_masks(args) -> int:
 def cmd_bounds(args) -> int:
     import json
 
-    from raysweep import checkpointing
+    from raysweep.trial import checkpointing
 
     path = Path(args.path).expanduser()
     if not path.exists():
@@ -379,7 +381,7 @@ def cmd_bounds(args) -> int:
     if not checkpoints:
         raise BadInput(f"{args.path}: no checkpoint of a sublora trial found there; bounds apply to "
                        "adapter.type sublora (give its experiment, trial or checkpoint directory)")
-    from raysweep.sublora_bounds import bounds_for_checkpoint, summary, write_report
+    from raysweep.adapters.sublora.bounds import bounds_for_checkpoint, summary, write_report
 
     overrides = {k: v for k, v in {"bound_levels": args.levels, "bound_quantizer": args.quantizer,
                                    "bound_sample": args.sample, "bound_delta": args.delta}.items() if v is not None}
@@ -392,7 +394,7 @@ def cmd_bounds(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from raysweep.export import ExportError, export
+    from raysweep.offline.export import ExportError, export
 
     try:
         with console.status(f"exporting to {args.out}"):

@@ -22,13 +22,13 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def builtin_model_dir(_isolated_cache) -> Path:
-    from raysweep.builtin import ensure_builtin_model
+    from raysweep.inputs.builtin import ensure_builtin_model
 
     return ensure_builtin_model()
 
 
 @pytest.fixture(scope="session")
 def builtin_task_files(_isolated_cache) -> tuple[Path, Path]:
-    from raysweep.builtin import ensure_builtin_task
+    from raysweep.inputs.builtin import ensure_builtin_task
 
     return ensure_builtin_task()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from raysweep import space
+from raysweep.config import grid as G
 
 
 def trial_config(**sections: dict[str, Any]) -> dict[str, Any]:
@@ -16,7 +16,7 @@ def trial_config(**sections: dict[str, Any]) -> dict[str, Any]:
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
-    return space.trial_config(raw, {})
+    return G.trial_config(raw, {})
 
 
 def make_gpt2_model(directory: Path, builtin_dir: Path) -> Path:

@@ -319,7 +319,7 @@ def test_analysis_imports_no_ray_or_torch():
     import sys
 
     code = ("import sys, analysis.load, analysis.summary, analysis.families, analysis.sublora_plots, "
-            "analysis.plots; bad = [m for m in ('ray', 'torch', 'raysweep.worker') if m in sys.modules]; "
+            "analysis.plots; bad = [m for m in ('ray', 'torch', 'raysweep.trial.loop') if m in sys.modules]; "
             "print(bad); sys.exit(bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from raysweep import bounds as B
+from raysweep.adapters.sublora import coding as B
 
 # ---------------------------------------------------------------- quantization
 

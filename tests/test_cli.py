@@ -117,12 +117,14 @@ def test_the_sweep_driver_and_trial_entry_points_import_no_ml_stack(builtin_mode
     code = textwrap.dedent("""
         import sys
         import raysweep.__main__ as cli
-        from raysweep import progress, space, tune_driver
-        raw, sweep, trials = space.load("search_spaces/quickstart.yaml", [])
+        from raysweep.sweep import progress
+        from raysweep.config import grid as G
+        from raysweep.sweep import driver
+        raw, sweep, trials = G.load("search_spaces/quickstart.yaml", [])
         cli._preflight(raw, trials)
         cli._ensure_builtin(trials)
-        tune_driver.build_trainable(raw, "unused")
-        import raysweep.worker, raysweep.session, raysweep.model_cache
+        driver.build_trainable(raw, "unused")
+        import raysweep.trial.loop, raysweep.trial.session, raysweep.inputs.model_cache
         print(sorted(m for m in ("torch", "transformers", "peft", "ray.train.torch") if m in sys.modules))
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)

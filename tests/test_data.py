@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from raysweep import data
+from raysweep.inputs import data
 
 
 def chat_file(path, rows):
@@ -189,7 +189,7 @@ def test_missing_token_dir_is_one_problem(tmp_path):
 
 def test_check_files_of_token_dirs_does_not_import_torch(tmp_path):
     d = token_dir(tmp_path / "tok", train=range(10), val=range(5), train_eot=[3, 9])
-    code = ("import sys; from raysweep import data; "
+    code = ("import sys; from raysweep.inputs import data; "
             f"assert data.check_files({tokens_cfg(d)!r}) == []; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -211,8 +211,8 @@ def test_only_answer_tasks_report_accuracy():
 
 
 def test_builtin_token_corpus_round_trips_through_the_builtin_tokenizer(tokenizer):
-    from raysweep.builtin import ensure_builtin_tokens
-    from raysweep.builtin.tokens import N_TRAIN_DOCS, N_VAL_DOCS, builtin_token_texts
+    from raysweep.inputs.builtin import ensure_builtin_tokens
+    from raysweep.inputs.builtin.tokens import N_TRAIN_DOCS, N_VAL_DOCS, builtin_token_texts
 
     d = ensure_builtin_tokens()
     cfg = {"task": "builtin_tokens", "max_seq_len": 64, "max_train_examples": None, "max_eval_examples": None}

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from raysweep import estimate as E
-from raysweep import space
+from raysweep.config import grid as G
+from raysweep.offline import estimate as E
 from tests.conftest import ROOT
 
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
 
 
 def quickstart(*overrides: str):
-    _, sweep, trials = space.load(QUICKSTART, list(overrides))
+    _, sweep, trials = G.load(QUICKSTART, list(overrides))
     return sweep, trials, [t.config.model_dump(mode="json") for t in trials]
 
 
@@ -150,14 +150,15 @@ def test_cache_hit_and_miss(tmp_path, monkeypatch):
 
 
 def test_calibrate_the_quickstart_shape(tmp_path, builtin_model_dir, builtin_task_files):
-    from raysweep import adapters, checkpointing, worker
-    from raysweep.session import LocalSession
+    from raysweep import adapters
+    from raysweep.trial import checkpointing, loop
+    from raysweep.trial.session import LocalSession
 
-    before = (worker.evaluate, worker.setup_data, checkpointing.save, LocalSession.report)
+    before = (loop.evaluate, loop.setup_data, checkpointing.save, LocalSession.report)
     _, _, configs = quickstart("train.max_steps=40")
     cal = E.calibrate(configs[0], target_s=0.3)
     # the timing patches are gone again
-    assert (worker.evaluate, worker.setup_data, checkpointing.save, LocalSession.report) == before
+    assert (loop.evaluate, loop.setup_data, checkpointing.save, LocalSession.report) == before
     assert "on_train_end" not in vars(adapters.get("lora"))
     assert cal.step_s > 0 and cal.eval_s > 0 and cal.ckpt_s > 0
     assert cal.train_examples > 0 and cal.import_s > 0 and cal.torch_import_s > 0

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from raysweep import metrics as M
-from raysweep.export import ExportError, export, load_masks, mask_violations, resolve_source
-from raysweep.session import LocalSession
-from raysweep.worker import run_training
+from raysweep.experiment import metrics as M
+from raysweep.offline.export import ExportError, export, load_masks, mask_violations, resolve_source
+from raysweep.trial.loop import run_training
+from raysweep.trial.session import LocalSession
 from tests.conftest import ROOT
 from tests.helpers import trial_config
 
@@ -65,9 +65,9 @@ def eval_loss_with_peft(out: Path, masked: bool = False) -> float:
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from raysweep import data, models
-    from raysweep.adapters.masked import apply_saved_masks
-    from raysweep.worker import evaluate
+    from raysweep.adapters.masked.adapter import apply_saved_masks
+    from raysweep.inputs import data, models
+    from raysweep.trial.loop import evaluate
 
     cfg = json.loads((out / "trial_config.json").read_text())
     base, _ = models.load(cfg["model"])
@@ -83,9 +83,9 @@ NO_PEFT = textwrap.dedent("""
     import json, sys
     sys.modules["peft"] = None  # importing peft now fails: the merged model must load without it
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from raysweep import data
-    from raysweep.session import LocalSession
-    from raysweep.worker import evaluate
+    from raysweep.inputs import data
+    from raysweep.trial.session import LocalSession
+    from raysweep.trial.loop import evaluate
     out = sys.argv[1]
     cfg = json.load(open(out + "/trial_config.json"))
     model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
@@ -177,7 +177,7 @@ def test_masked_merged_export_keeps_every_masked_zero(masked_trial, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from raysweep import models
+    from raysweep.inputs import models
 
     checkpoint = _latest(masked_trial)
     saved = _metrics(checkpoint)

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from raysweep import metrics as M
+from raysweep.experiment import metrics as M
 from tests.cluster_helpers import local_cluster
 from tests.conftest import ROOT
 from tests.test_integration import (

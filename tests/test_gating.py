@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from raysweep import adapters
-from raysweep import metrics as M
-from raysweep.adapters import gating
-from raysweep.session import LocalSession
-from raysweep.worker import run_training
+from raysweep.adapters.sora import gating
+from raysweep.experiment import metrics as M
+from raysweep.trial.loop import run_training
+from raysweep.trial.session import LocalSession
 from tests.helpers import trial_config
 
 # (g, ξ, expected): the correct proximal step sign(g)·max(|g| − ξ, 0)
@@ -164,8 +164,9 @@ def test_sparsity_grows_with_lambda_and_the_checkpoint_export_reproduces_eval_lo
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from raysweep import checkpointing, data
-    from raysweep.worker import evaluate
+    from raysweep.inputs import data
+    from raysweep.trial import checkpointing
+    from raysweep.trial.loop import evaluate
 
     lambdas = (0.0, 0.5, 1.0)
     runs = {lam: sweep_point(tmp_path, "sora", lam, gate_lr=0.05) for lam in lambdas}
@@ -200,7 +201,7 @@ def test_gated_trial_resumes_exactly(tmp_path, builtin_model_dir):
     assert resumed.results[-1][M.EVAL_LOSS] == pytest.approx(full.results[-1][M.EVAL_LOSS], rel=1e-6)
     assert resumed.results[-1][M.ADAPTER_SPARSITY] == full.results[-1][M.ADAPTER_SPARSITY] > 0
     # the per-layer log continues from the checkpoint's history: same rows as the uninterrupted run
-    from raysweep import checkpointing
+    from raysweep.trial import checkpointing
 
     assert checkpointing.load_layer_log(resumed.checkpoints[-1] / "sparsity.csv") == \
         checkpointing.load_layer_log(full.checkpoints[-1] / "sparsity.csv")

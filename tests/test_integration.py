@@ -45,9 +45,9 @@ def eval_loss_of_saved_adapter(checkpoint: Path) -> float:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from raysweep import data, models
-    from raysweep.session import LocalSession
-    from raysweep.worker import evaluate
+    from raysweep.inputs import data, models
+    from raysweep.trial.loop import evaluate
+    from raysweep.trial.session import LocalSession
 
     cfg = json.loads((checkpoint / "trial_config.json").read_text())
     base_dir = models.resolve(cfg["model"]["name_or_path"])
@@ -236,7 +236,7 @@ def test_reused_actor_runs_trials_a_b_a_without_state_leaks(tmp_path, builtin_mo
     import ray
     from ray import tune
 
-    from raysweep import tune_driver
+    from raysweep.sweep import driver
 
     sweep_raw = {"name": "aba", "data": {"max_seq_len": 32, "max_eval_examples": 64},
                  "train": {"max_steps": 30, "eval_every": 10, "lr": 3e-3, "batch_size": 16},
@@ -245,11 +245,11 @@ def test_reused_actor_runs_trials_a_b_a_without_state_leaks(tmp_path, builtin_mo
     fresh = subprocess.run([sys.executable, "-c", f"""
 import json, sys, tempfile
 from pathlib import Path
-from raysweep import space
-from raysweep.session import LocalSession
-from raysweep.worker import run_training
+from raysweep.config import grid as G
+from raysweep.trial.session import LocalSession
+from raysweep.trial.loop import run_training
 s = LocalSession(Path(tempfile.mkdtemp()))
-run_training(space.trial_config({sweep_raw!r}, {a!r}), s)
+run_training(G.trial_config({sweep_raw!r}, {a!r}), s)
 print(json.dumps([[r["train/step"], r["eval/loss"]] for r in s.results if r["train/step"] % 10 == 0]))
 """], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
@@ -259,7 +259,7 @@ print(json.dumps([[r["train/step"], r["eval/loss"]] for r in s.results if r["tra
              runtime_env={"env_vars": {"RAYSWEEP_CACHE": os.environ["RAYSWEEP_CACHE"]}})
     try:
         grid = tune.Tuner(
-            tune_driver.build_trainable(sweep_raw, str(tmp_path / "aba")),
+            driver.build_trainable(sweep_raw, str(tmp_path / "aba")),
             param_space={"cell": tune.grid_search([a, b, a])},
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=1),
             run_config=tune.RunConfig(storage_path=str(tmp_path), name="aba", verbose=0),
@@ -281,7 +281,7 @@ def test_adapters_grid_sparsity_rises_with_lambda_and_exports_reload(tmp_path, b
     """search_spaces/adapters.yaml end to end: LoRA, DoRA, SoRA at three λ, SDoRA; higher λ -> higher
     sparsity and fewer effective params; every gated trial has its per-layer sparsity log; every final
     adapter (the pruned, folded export for gated ones) reloads in plain peft with the trial's eval loss."""
-    from raysweep import checkpointing
+    from raysweep.trial import checkpointing
 
     proc = run_cli("run", "search_spaces/adapters.yaml", "--storage", tmp_path / "runs", "--name", "ad")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

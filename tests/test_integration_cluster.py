@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from raysweep import metrics as M
+from raysweep.experiment import metrics as M
 from tests.cluster_helpers import RayStartCluster, local_cluster, run_cli
 from tests.test_integration import kept_checkpoints, read_trials, results_of
 

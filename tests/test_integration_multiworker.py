@@ -69,11 +69,11 @@ def test_deepspeed_zero2_follows_the_ddp_trajectory(two_worker_runs):
 def test_fractional_gpus_pack_four_trials_on_one_gpu(tmp_path, builtin_model_dir, builtin_task_files):
     """resources.gpus_per_worker 0.25 on a 1-GPU (logical) cluster with CPUs to spare: Ray places exactly 4 of
     5 trials at once (the GPU share, not the CPUs, bounds it; no max_concurrent_trials here), raysweep's own
-    concurrency (tune_driver.slots) agrees, and every trial finishes."""
+    concurrency (driver.slots) agrees, and every trial finishes."""
     import ray
     from ray import tune
 
-    from raysweep import tune_driver
+    from raysweep.sweep import driver
 
     sweep_raw = {"name": "pack", "data": {"max_seq_len": 32, "max_train_examples": 64, "max_eval_examples": 32},
                  "train": {"max_steps": 4, "eval_every": 4, "batch_size": 8},
@@ -97,9 +97,9 @@ def test_fractional_gpus_pack_four_trials_on_one_gpu(tmp_path, builtin_model_dir
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False,
              runtime_env={"env_vars": {"RAYSWEEP_CACHE": os.environ["RAYSWEEP_CACHE"]}})
     try:
-        slots = tune_driver.slots(sweep_raw)
+        slots = driver.slots(sweep_raw)
         grid = tune.Tuner(
-            tune_driver.build_trainable(sweep_raw, str(tmp_path / "pack")),
+            driver.build_trainable(sweep_raw, str(tmp_path / "pack")),
             param_space={"cell": tune.grid_search([{"train.seed": s} for s in range(5)])},
             tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(storage_path=str(tmp_path), name="pack", verbose=0, callbacks=[concurrency]),

@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-from raysweep import metrics as M
-from raysweep import model_cache
-from raysweep.session import LocalSession
-from raysweep.worker import run_training
+from raysweep.experiment import metrics as M
+from raysweep.inputs import model_cache
+from raysweep.trial.loop import run_training
+from raysweep.trial.session import LocalSession
 from tests.helpers import make_gpt2_model, trial_config
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from raysweep.adapters import projectors as pj
-from raysweep.adapters.projectors import DenseProjector, KronProjector, make_projector
+from raysweep.adapters.sublora import projectors as pj
+from raysweep.adapters.sublora.projectors import DenseProjector, KronProjector, make_projector
 
 D, d = 300, 20  # small: D1×D2 = 18×17 = 306 > D (truncation is exercised), d1×d2 = 5×4 = d
 
@@ -47,7 +47,7 @@ def test_generation_ignores_global_rng(kind):
 
 
 def test_same_in_a_fresh_process():
-    code = ("from raysweep.adapters import projectors as pj\n"
+    code = ("from raysweep.adapters.sublora import projectors as pj\n"
             "for k in pj.KINDS:\n"
             "    print(repr(pj.make_projector(k, 300, 20, 11).materialize().double().sum().item()))")
     root = Path(__file__).resolve().parents[1]

@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 
-from raysweep import mask_store, pruning
-from raysweep import metrics as M
-from raysweep.adapters import masked
-from raysweep.session import LocalSession
-from raysweep.worker import run_training
+from raysweep.adapters.masked import adapter as masked
+from raysweep.adapters.masked import pruning
+from raysweep.adapters.masked import store as mask_store
+from raysweep.experiment import metrics as M
+from raysweep.trial.loop import run_training
+from raysweep.trial.session import LocalSession
 from tests.helpers import trial_config
 
 W = torch.tensor([[0.5, -2.0, 0.1, 3.0],

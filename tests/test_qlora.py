@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from raysweep import metrics as M
-from raysweep import model_cache, models
-from raysweep.session import LocalSession
-from raysweep.worker import run_training
+from raysweep.experiment import metrics as M
+from raysweep.inputs import model_cache, models
+from raysweep.trial.loop import run_training
+from raysweep.trial.session import LocalSession
 from tests.helpers import trial_config
 
 pytest.importorskip("bitsandbytes", reason="the quant extra (pip install -e '.[quant]')")
@@ -66,7 +66,7 @@ def test_missing_bitsandbytes_is_named_with_the_fix(monkeypatch):
 
 
 def test_merged_export_of_a_4bit_trial_goes_into_the_full_precision_base(tmp_path, builtin_model_dir):
-    from raysweep.export import export
+    from raysweep.offline.export import export
 
     cfg = trial_config(model={"load_in_4bit": True}, train={"max_steps": 8, "eval_every": 4})
     session = LocalSession(tmp_path / "trial")

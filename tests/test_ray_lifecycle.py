@@ -25,7 +25,7 @@ def test_warmup_hook_returns_at_once_and_wait_finishes_every_import():
     only move the wait), and `wait` must leave every module of the list imported."""
     out = run_python("""
         import json, sys
-        from raysweep import warmup
+        from raysweep.sweep import warmup
         warmup.start()
         alive_after_start = warmup._thread.is_alive()   # torch alone takes over a second to import
         warmup.wait()
@@ -42,32 +42,32 @@ def test_warmup_hook_returns_at_once_and_wait_finishes_every_import():
 def test_tune_loggers_are_csv_and_json_and_tensorboard_only_when_asked(tensorboard, expected, monkeypatch):
     """Tune would append its TensorBoard logger (which imports torch into the driver) to any callback list
     unless told not to: the env switch is set, and our list names the loggers we keep."""
-    from raysweep import tune_driver
+    from raysweep.sweep import driver
 
     class ProgressProbe:
         pass
 
     monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", raising=False)
-    callbacks = tune_driver._with_loggers([ProgressProbe()], tensorboard)
+    callbacks = driver._with_loggers([ProgressProbe()], tensorboard)
     assert [type(c).__name__ for c in callbacks] == expected
     assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1"
 
 
 @pytest.mark.integration
 def test_local_ray_runs_the_warmup_hook_in_actors_and_shuts_down_fully():
-    """init_ray(warm_imports=True) makes Ray run raysweep.warmup.start in each worker process; shutdown_ray
+    """init_ray(warm_imports=True) makes Ray run raysweep.sweep.warmup.start in each worker process; shutdown_ray
     stops every process of that Ray, the autoscaler monitor included. A Ray the caller started itself is
     left running."""
     out = run_python("""
         import json, os, psutil, ray
-        from raysweep import tune_driver
+        from raysweep.sweep import driver
 
-        tune_driver.init_ray(None, dashboard=False, warm_imports=True)
+        driver.init_ray(None, dashboard=False, warm_imports=True)
 
         @ray.remote(num_cpus=1)
         class Probe:
             def state(self):
-                from raysweep import warmup
+                from raysweep.sweep import warmup
                 started = warmup._thread is not None
                 warmup.wait()
                 import sys
@@ -77,7 +77,7 @@ def test_local_ray_runs_the_warmup_hook_in_actors_and_shuts_down_fully():
         node = ray._private.worker._global_node
         pids = [info.process.pid for infos in node.all_processes.values() for info in infos]
         had_monitor = "monitor" in node.all_processes
-        tune_driver.shutdown_ray()
+        driver.shutdown_ray()
         import time
         def alive():
             out = []
@@ -95,8 +95,8 @@ def test_local_ray_runs_the_warmup_hook_in_actors_and_shuts_down_fully():
         ours = {"state": state, "had_monitor": had_monitor, "alive": alive, "initialized": ray.is_initialized()}
 
         ray.init(num_cpus=1, include_dashboard=False)         # someone else's Ray
-        tune_driver.init_ray(None, dashboard=False, warm_imports=True)
-        tune_driver.shutdown_ray()
+        driver.init_ray(None, dashboard=False, warm_imports=True)
+        driver.shutdown_ray()
         ours["foreign_still_running"] = ray.is_initialized()
         ray.shutdown()
         print(json.dumps(ours))

@@ -17,16 +17,16 @@ import pytest
 import yaml
 
 from raysweep import config as C
-from raysweep import space
-from raysweep.ranges import Range, parse
+from raysweep.config import grid as G
+from raysweep.config.ranges import Range, parse
 from tests.test_integration import read_trials, run_cli
 
 BASE = {"name": "s", "model": {"name_or_path": "builtin"}, "data": {"task": "builtin"},
         "train": {"max_steps": 20, "eval_every": 10}}
 
 
-def _expand(search: dict, grid) -> tuple[C.Sweep, list[space.Trial]]:
-    return space.expand(dict(BASE, search=search, grid=grid))
+def _expand(search: dict, grid) -> tuple[C.Sweep, list[G.Trial]]:
+    return G.expand(dict(BASE, search=search, grid=grid))
 
 
 def _problems(search: dict, grid) -> str:
@@ -104,15 +104,15 @@ def test_trial_count_and_param_space_follow_the_algorithm():
 
     grid = {"train.lr": {"loguniform": [1e-4, 1e-2]}, "adapter.r": [2, 4, 8], "adapter.type": ["lora"]}
     sweep, trials = _expand({"algorithm": "random", "num_samples": 2}, grid)
-    assert len(trials) == 3 and space.trial_count(sweep, trials) == 6
+    assert len(trials) == 3 and G.trial_count(sweep, trials) == 6
     # the plan's config of a ranged cell sits inside the range
     assert trials[0].config.train.lr == pytest.approx(1e-3)
-    cells = space.param_space(trials, "random")["cell"]["grid_search"]
+    cells = G.param_space(trials, "random")["cell"]["grid_search"]
     assert [c["adapter.r"] for c in cells] == [2, 4, 8] and all(isinstance(c["train.lr"], Float) for c in cells)
 
     sweep, trials = _expand({"algorithm": "optuna", "num_samples": 5}, grid)
-    assert space.trial_count(sweep, trials) == 5
-    optuna_space = space.param_space(trials, "optuna")["cell"]
+    assert G.trial_count(sweep, trials) == 5
+    optuna_space = G.param_space(trials, "optuna")["cell"]
     assert optuna_space["adapter.r"].categories == [2, 4, 8]
     # a one-value list is a one-option choice: Tune's Optuna adapter would drop a constant from the trial
     assert isinstance(optuna_space["adapter.type"], Categorical) and optuna_space["adapter.type"].categories == ["lora"]
@@ -121,13 +121,13 @@ def test_trial_count_and_param_space_follow_the_algorithm():
 def _optuna_suggestions(search: dict, n: int) -> list[dict]:
     """What Tune's OptunaSearch, built as the driver builds it, suggests for n trials run one at a time,
     each told a result that depends on its config (lr near 3e-3 and small ranks are best)."""
-    from raysweep import tune_driver
+    from raysweep.sweep import driver
 
     grid = {"train.lr": {"loguniform": [1e-4, 1e-1]}, "adapter.r": [2, 4, 8, 16]}
     raw = dict(BASE, search=dict(search, algorithm="optuna", num_samples=n), grid=grid)
-    _, trials = space.expand(raw)
-    searcher = tune_driver.build_search_alg(raw)
-    assert searcher.set_search_properties(None, None, space.param_space(trials, "optuna"))
+    _, trials = G.expand(raw)
+    searcher = driver.build_search_alg(raw)
+    assert searcher.set_search_properties(None, None, G.param_space(trials, "optuna"))
     out = []
     for i in range(n):
         cell = searcher.suggest(f"t{i}")["cell"]
@@ -164,14 +164,14 @@ def test_the_live_table_and_log_lines_show_drawn_values(tmp_path):
     """A learning-rate search shows each trial's drawn lr (not only adapter, rank and seed)."""
     from rich.console import Console
 
-    from raysweep.progress import ProgressCallback, TrialRecord, describe
+    from raysweep.sweep.progress import ProgressCallback, TrialRecord, describe
 
     raw = dict(BASE, search={"algorithm": "random"}, grid={"train.lr": {"loguniform": [1e-4, 1e-2]},
                                                           "adapter.r": [2, 4]})
-    callback = ProgressCallback(str(tmp_path), lambda cell: space.trial_config(raw, cell), Console(width=200))
+    callback = ProgressCallback(str(tmp_path), lambda cell: G.trial_config(raw, cell), Console(width=200))
     for i, (lr, r) in enumerate([(0.00123456, 2), (0.0045, 4)]):
         cell = {"train.lr": lr, "adapter.r": r}
-        callback.records[str(i)] = TrialRecord(str(i), cell, space.trial_config(raw, cell))
+        callback.records[str(i)] = TrialRecord(str(i), cell, G.trial_config(raw, cell))
     console = Console(width=200, record=True)
     console.print(callback.table())
     text = console.export_text()

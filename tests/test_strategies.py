@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from raysweep import config as C
-from raysweep import space
-from raysweep.worker import micro_batches
+from raysweep.config import grid as G
+from raysweep.trial.loop import micro_batches
 
 
 def load(tmp_path, text: str):
     path = tmp_path / "grid.yaml"
     path.write_text(textwrap.dedent(text))
-    return space.load(path)
+    return G.load(path)
 
 
 def problems(tmp_path, text: str) -> list[str]:
@@ -83,12 +83,12 @@ def test_resolved_executor_and_memory_cap(tmp_path, resources, executor, fractio
 
 
 def test_deepspeed_config_is_merged_into_raysweeps():
-    from raysweep import strategies
+    from raysweep.trial import engines
 
-    config = space.trial_config({"train": {"max_steps": 10, "max_grad_norm": None, "grad_accum_steps": 2},
+    config = G.trial_config({"train": {"max_steps": 10, "max_grad_norm": None, "grad_accum_steps": 2},
                                  "resources": {"strategy": "deepspeed_zero3", "deepspeed_config": {
                                      "zero_optimization": {"offload_optimizer": {"device": "cpu"}}}}}, {})
-    ds = strategies.build(config).ds_config(n_trainable=3 * 2**20)
+    ds = engines.build(config).ds_config(n_trainable=3 * 2**20)
     assert ds["zero_optimization"] == {"stage": 3, "reduce_bucket_size": 3 * 2**20,
                                        "offload_optimizer": {"device": "cpu"}}
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["gradient_clipping"]) == (
@@ -117,8 +117,8 @@ def _rank_main(rank: int, port: int, root: str, configs: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from raysweep.session import LocalSession
-    from raysweep.worker import run_training
+    from raysweep.trial.loop import run_training
+    from raysweep.trial.session import LocalSession
 
     class RankSession(LocalSession):
         """LocalSession as one of two ranks; DDP wrapping as Ray Train's prepare_model does it."""

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from raysweep import adapters, checkpointing
-from raysweep import bounds as B
-from raysweep import metrics as M
-from raysweep.adapters import sublora as S
-from raysweep.session import LocalSession
-from raysweep.worker import run_training
+from raysweep import adapters
+from raysweep.adapters.sublora import adapter as S
+from raysweep.adapters.sublora import coding as B
+from raysweep.experiment import metrics as M
+from raysweep.trial import checkpointing
+from raysweep.trial.loop import run_training
+from raysweep.trial.session import LocalSession
 from tests.helpers import trial_config
 
 N_MODULES = 14  # builtin model: 2 layers × 7 linear modules
@@ -54,8 +55,8 @@ def test_importing_sublora_and_validating_a_grid_needs_no_torch(tmp_path):
     grid = tmp_path / "g.yaml"
     grid.write_text("train: {max_steps: 5}\nadapter: {type: sublora}\n"
                     "grid: {adapter.intrinsic_dim: [100, 1000], adapter.allocation_mode: [uniform, learned]}\n")
-    code = ("import sys; from raysweep import space; import raysweep.adapters.sublora; "
-            f"_, _, trials = space.load({str(grid)!r}); assert len(trials) == 4, len(trials); "
+    code = ("import sys; import raysweep.adapters.sublora.adapter; from raysweep.config import grid as G; "
+            f"_, _, trials = G.load({str(grid)!r}); assert len(trials) == 4, len(trials); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -131,7 +132,7 @@ def test_theta_at_alpha_zero_is_the_lora_init_and_the_model_is_the_base_model(mo
 
 @pytest.mark.parametrize("kind", ["kron", "kron_qr", "dense"])
 def test_rows_of_the_projection_equal_the_full_projection(kind):
-    from raysweep.adapters.projectors import make_projector
+    from raysweep.adapters.sublora.projectors import make_projector
 
     proj = make_projector(kind, 5000, 300, seed=3)
     alpha = torch.randn(300, dtype=torch.float32, requires_grad=True)
@@ -368,7 +369,7 @@ def test_trial_lowers_eval_loss_and_reports_bounds(uniform_run):
 
 
 def test_bounds_for_checkpoint_reproduces_the_trial_end_numbers(uniform_run):
-    from raysweep.sublora_bounds import bounds_for_checkpoint
+    from raysweep.adapters.sublora.bounds import bounds_for_checkpoint
 
     _, session = uniform_run
     final = session.checkpoints[-1]
@@ -430,8 +431,8 @@ def test_learned_trial_resumes_exactly(learned_run, tmp_path):
 
 
 def test_token_task_has_document_and_sequence_units_and_subsampled_bounds(tmp_path, builtin_model_dir):
-    from raysweep import data
-    from raysweep.builtin.tokens import N_TRAIN_DOCS
+    from raysweep.inputs import data
+    from raysweep.inputs.builtin.tokens import N_TRAIN_DOCS
 
     cfg = trial_config(train={"max_steps": 10, "eval_every": 10, "lr": 0.03},
                        data={"task": "builtin_tokens", "max_seq_len": 64},
@@ -452,7 +453,7 @@ def test_token_task_has_document_and_sequence_units_and_subsampled_bounds(tmp_pa
 
 
 def test_document_windows_predict_every_token_after_the_first_once():
-    from raysweep.sublora_bounds import _windows
+    from raysweep.adapters.sublora.bounds import _windows
 
     doc = np.arange(100, 123)  # 23 tokens
     for max_len in (2, 4, 7, 23, 64):

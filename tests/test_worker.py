@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from raysweep import checkpointing
-from raysweep import metrics as M
-from raysweep.session import LocalSession
-from raysweep.worker import NonFiniteLossError, run_training
+from raysweep.experiment import metrics as M
+from raysweep.trial import checkpointing
+from raysweep.trial.loop import NonFiniteLossError, run_training
+from raysweep.trial.session import LocalSession
 from tests.helpers import make_gpt2_model, trial_config
 
 
@@ -23,8 +23,8 @@ def test_eval_loss_falls_and_final_checkpoint_reproduces_it(tmp_path, builtin_mo
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from raysweep import data
-    from raysweep.worker import evaluate
+    from raysweep.inputs import data
+    from raysweep.trial.loop import evaluate
 
     cfg = trial_config(train={"max_steps": 40, "eval_every": 20})
     session = run(tmp_path, cfg)
@@ -63,8 +63,8 @@ def test_best_adapter_is_kept_in_every_checkpoint(tmp_path, builtin_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from raysweep import data
-    from raysweep.worker import evaluate
+    from raysweep.inputs import data
+    from raysweep.trial.loop import evaluate
 
     # only a 40% relative improvement counts as "better": the step-10 eval (6.1 -> ~3.3) is the best,
     # later evals improve a little, so best_adapter/ (step 10) and adapter/ (step 30) differ

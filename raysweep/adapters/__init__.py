@@ -16,10 +16,10 @@ if TYPE_CHECKING:
 FAMILIES: dict[str, str] = {
     "lora": "raysweep.adapters.lora:LoraAdapter",
     "dora": "raysweep.adapters.lora:DoraAdapter",
-    "sora": "raysweep.adapters.sora:SoraAdapter",
-    "sdora": "raysweep.adapters.sora:SdoraAdapter",
-    "masked": "raysweep.adapters.masked:MaskedAdapter",
-    "sublora": "raysweep.adapters.sublora:SubloraAdapter",
+    "sora": "raysweep.adapters.sora.adapter:SoraAdapter",
+    "sdora": "raysweep.adapters.sora.adapter:SdoraAdapter",
+    "masked": "raysweep.adapters.masked.adapter:MaskedAdapter",
+    "sublora": "raysweep.adapters.sublora.adapter:SubloraAdapter",
 }
 
 

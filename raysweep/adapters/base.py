@@ -82,7 +82,7 @@ class Adapter:
 
     def metrics(self, model) -> dict[str, float]:
         """Adapter metrics reported with every result (effective params, sparsity, ...)."""
-        from raysweep import metrics as m
+        from raysweep.experiment import metrics as m
 
         trainable, total = m.count_parameters(model)
         return {

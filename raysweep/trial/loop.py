@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raysweep import checkpointing, strategies
-from raysweep import metrics as M
-from raysweep.session import Session
+from raysweep.experiment import metrics as M
+from raysweep.trial import checkpointing, engines
+from raysweep.trial.session import Session
 
 MIN_REPORT_INTERVAL_S = 3.0
 
@@ -26,7 +26,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
-    from raysweep.session import TrainSession
+    from raysweep.trial.session import TrainSession
 
     run_training(config, TrainSession())
 
@@ -54,7 +54,8 @@ def setup_model(config: dict[str, Any], session: Session):
 
     The base comes from the process's cache when an earlier trial in this (reused) process loaded
     the same one (model_cache.py); it is a fresh module tree either way."""
-    from raysweep import adapters, model_cache
+    from raysweep import adapters
+    from raysweep.inputs import model_cache
 
     base, tokenizer, hit, seconds = model_cache.base_model(config["model"], session.device())
     adapter = adapters.get(config["adapter"]["type"])(config["adapter"])
@@ -68,7 +69,7 @@ def setup_model(config: dict[str, Any], session: Session):
 
 def setup_data(config: dict[str, Any], tokenizer):
     """Tokenized (train, eval) splits; cached per process like the base model."""
-    from raysweep import data, model_cache
+    from raysweep.inputs import data, model_cache
 
     files = [str(f) for f in data.resolve_files(config["data"]) if f]
     (train, evals), hit = model_cache.splits(
@@ -87,8 +88,8 @@ def setup_context(config: dict[str, Any], session: Session, train_set, eval_set,
     import torch
 
     from raysweep.adapters.base import TrialContext
-    from raysweep.builtin import default_cache_dir
-    from raysweep.data import collate
+    from raysweep.inputs.builtin import default_cache_dir
+    from raysweep.inputs.data import collate
 
     device = session.device()
 
@@ -150,7 +151,7 @@ def evaluate(model, examples, config: dict[str, Any], session: Session, pad_id: 
     import torch
     import torch.nn.functional as F
 
-    from raysweep.data import IGNORE_INDEX, collate, has_answers
+    from raysweep.inputs.data import IGNORE_INDEX, collate, has_answers
 
     device = session.device()
     bs = config["train"]["eval_batch_size"]
@@ -193,13 +194,13 @@ def evaluate(model, examples, config: dict[str, Any], session: Session, pad_id: 
 def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     import torch
 
-    from raysweep.data import collate
+    from raysweep.inputs.data import collate
 
     started_at, t_setup = time.time(), time.perf_counter()
     t = config["train"]
     setup_runtime(config)
-    strategy = strategies.build(config)  # ddp or a DeepSpeed ZeRO engine (resources.strategy)
-    strategies.limit_gpu_memory(_gpu_memory_fraction(config), session.device())
+    strategy = engines.build(config)  # ddp or a DeepSpeed ZeRO engine (resources.strategy)
+    engines.limit_gpu_memory(_gpu_memory_fraction(config), session.device())
     model, adapter, tokenizer, load_metrics = setup_model(config, session)
     train_set, eval_set = setup_data(config, tokenizer)
     pad_id = tokenizer.pad_token_id

@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from raysweep import metrics as M
+from raysweep.experiment import metrics as M
 
 NO_ERROR_FILE = "failed (see the trial's error.txt)"
 STATUS_STYLE = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "PENDING": "dim", "PAUSED": "yellow",

@@ -20,8 +20,8 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
 
-from raysweep import metrics as M
-from raysweep import space
+from raysweep.config import grid as G
+from raysweep.experiment import metrics as M
 
 SWEEP_FILE = "raysweep.yaml"  # the resolved grid file, saved in the experiment dir for resume/analysis
 TRIALS_FILE = "trials.csv"  # one row per trial: status, cell, final metrics, checkpoint, error
@@ -54,7 +54,7 @@ def _reason(exc: BaseException) -> str:
 
 def executor(sweep_raw: dict[str, Any]) -> str:
     """'actor' or 'train' for this sweep (resources are experiment-level, not grid axes)."""
-    return space.C.ResourcesConfig(**(sweep_raw.get("resources") or {})).resolved_executor()
+    return G.C.ResourcesConfig(**(sweep_raw.get("resources") or {})).resolved_executor()
 
 
 def shared_store(sweep_raw: dict[str, Any]) -> str | None:
@@ -67,14 +67,14 @@ def shared_store(sweep_raw: dict[str, Any]) -> str | None:
 
 def actor_trial_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any]) -> None:
     """One trial run in this Tune actor's process (reused across trials: imports and base model stay)."""
-    from raysweep import warmup
+    from raysweep.sweep import warmup
 
     warmup.wait()  # this process's background imports, if Ray started them (init_ray)
-    from raysweep.model_cache import release_trial_memory
-    from raysweep.session import TuneSession
-    from raysweep.worker import run_training
+    from raysweep.inputs.model_cache import release_trial_memory
+    from raysweep.trial.loop import run_training
+    from raysweep.trial.session import TuneSession
 
-    trial = space.trial_config(sweep_raw, cell_config["cell"]) | {"_store": shared_store(sweep_raw)}
+    trial = G.trial_config(sweep_raw, cell_config["cell"]) | {"_store": shared_store(sweep_raw)}
     try:
         run_training(trial, TuneSession())
     except Exception as exc:  # noqa: BLE001 - re-raised with the root cause as a one-line reason
@@ -90,9 +90,9 @@ def driver_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any], train_stor
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raysweep.worker import train_fn_per_worker
+    from raysweep.trial.loop import train_fn_per_worker
 
-    trial = space.trial_config(sweep_raw, cell_config["cell"]) | {"_store": shared_store(sweep_raw)}
+    trial = G.trial_config(sweep_raw, cell_config["cell"]) | {"_store": shared_store(sweep_raw)}
     res = trial["resources"]
     per_worker = {"CPU": res["cpus_per_worker"]}
     if res["gpus_per_worker"]:
@@ -122,7 +122,7 @@ def slots(sweep_raw: dict[str, Any]) -> int:
     """Trials the connected cluster can hold at once (resources.max_concurrent wins)."""
     import ray
 
-    res = space.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
+    res = G.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
     if res.max_concurrent:
         return res.max_concurrent
     cluster = ray.cluster_resources()
@@ -145,7 +145,7 @@ def setup_problem(sweep_raw: dict[str, Any], dashboard: bool | None, address: st
     free and its next trial's group pending, the other ran 40 s slower (DESIGN.md pitfalls). Trials of the `actor` executor
     stop inside their own process and need nothing of this.
     """
-    search = space.C.SearchConfig(**(sweep_raw.get("search") or {}))
+    search = G.C.SearchConfig(**(sweep_raw.get("search") or {}))
     if search.scheduler != "fifo" and executor(sweep_raw) == "train" and dashboard is False and not address:
         return (f"search.scheduler {search.scheduler!r} with resources.executor 'train' needs the Ray dashboard "
                 "(Ray Train frees a stopped trial's workers through it; without it the sweep hangs): run "
@@ -181,7 +181,7 @@ def init_ray(address: str | None, dashboard: bool = True, verbose: bool = False,
         # The dashboard listens on loopback only; reach it from elsewhere through an SSH tunnel.
         # A joined cluster keeps its own job settings (e.g. a `ray job submit` runtime_env): no hook there.
         if warm_imports:
-            kwargs["runtime_env"] = {"worker_process_setup_hook": "raysweep.warmup.start"}
+            kwargs["runtime_env"] = {"worker_process_setup_hook": "raysweep.sweep.warmup.start"}
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
 
 
@@ -213,7 +213,7 @@ def build_trainable(sweep_raw: dict[str, Any], experiment_path: str):
     from ray import tune
 
     if executor(sweep_raw) == "actor":
-        res = space.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
+        res = G.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
         request = {"cpu": res.cpus_per_worker} | ({"gpu": res.gpus_per_worker} if res.gpus_per_worker else {})
         return tune.with_resources(tune.with_parameters(actor_trial_fn, sweep_raw=sweep_raw), request)
     trainable = tune.with_parameters(
@@ -268,10 +268,10 @@ class _JudgeOnEvals:
 
 def build_scheduler(sweep_raw: dict[str, Any]):
     """The Tune scheduler of `search.scheduler` (None: Tune's FIFO), deciding on `search.metric`."""
-    search = space.C.SearchConfig(**(sweep_raw.get("search") or {}))
+    search = G.C.SearchConfig(**(sweep_raw.get("search") or {}))
     if search.scheduler == "fifo":
         return None
-    train = space.C.TrainConfig(**(sweep_raw.get("train") or {"max_steps": 200}))
+    train = G.C.TrainConfig(**(sweep_raw.get("train") or {"max_steps": 200}))
     grace = search.resolved_grace_period(train.max_steps, train.eval_every)
     common = {"time_attr": M.EVAL_STEP, "metric": search.metric, "mode": search.mode, "grace_period": grace}
     if search.scheduler == "asha":
@@ -303,7 +303,7 @@ def build_search_alg(sweep_raw: dict[str, Any]):
     search.metric/mode or on several search.objectives (multi-objective TPE); it is told each trial's last
     result, so it learns from finished trials and from trials an early-stopping scheduler ended.
     """
-    search = space.C.SearchConfig(**(sweep_raw.get("search") or {}))
+    search = G.C.SearchConfig(**(sweep_raw.get("search") or {}))
     if search.algorithm == "grid":
         return None
     if search.algorithm == "random":
@@ -338,7 +338,7 @@ def _with_loggers(callbacks: list, tensorboard: bool) -> list:
     return [*callbacks, CSVLoggerCallback(), JsonLoggerCallback(), *([TBXLoggerCallback()] if tensorboard else [])]
 
 
-def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name: str, callbacks: list,
+def run(sweep_raw: dict[str, Any], trials: list[G.Trial], storage: str, name: str, callbacks: list,
         max_concurrent: int, tensorboard: bool = False):
     from ray import tune
 
@@ -346,12 +346,12 @@ def run(sweep_raw: dict[str, Any], trials: list[space.Trial], storage: str, name
     if problem:
         raise SetupError(problem)
     experiment_path = os.path.join(storage, name)
-    search = space.C.SearchConfig(**(sweep_raw.get("search") or {}))
-    res = space.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
+    search = G.C.SearchConfig(**(sweep_raw.get("search") or {}))
+    res = G.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
     in_actor = executor(sweep_raw) == "actor"
     tuner = tune.Tuner(
         build_trainable(sweep_raw, experiment_path),
-        param_space=space.param_space(trials, search.algorithm),
+        param_space=G.param_space(trials, search.algorithm),
         tune_config=tune.TuneConfig(
             num_samples=search.num_samples,
             search_alg=build_search_alg(sweep_raw),

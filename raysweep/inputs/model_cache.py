@@ -64,12 +64,12 @@ def _model_key(model_cfg: dict[str, Any], source: str, device) -> tuple:
 
 def identity(model_cfg: dict[str, Any]) -> list:
     """What determines a base model's weights, JSON-able (keys of results computed from the base, e.g. masks)."""
-    from raysweep import models
+    from raysweep.inputs import models
 
     if model_cfg["name_or_path"] == models.BUILTIN:
         # the builtin model is generated deterministically per version: the same on every node, whatever its
         # cache path or file times (so nodes of a cluster share one mask)
-        from raysweep.builtin.model import MODEL_VERSION
+        from raysweep.inputs.builtin.model import MODEL_VERSION
 
         return ["builtin", MODEL_VERSION, model_cfg.get("dtype", "float32")]
     source = models.resolve(model_cfg["name_or_path"])
@@ -124,7 +124,7 @@ def fresh_view(model):
 def base_model(model_cfg: dict[str, Any], device) -> tuple[Any, Any, bool, float]:
     """(fresh model view on `device`, tokenizer copy, cache hit?, seconds spent)."""
     global _base
-    from raysweep import models
+    from raysweep.inputs import models
 
     t0 = time.perf_counter()
     source = models.resolve(model_cfg["name_or_path"])
@@ -149,7 +149,7 @@ def splits(model_cfg: dict[str, Any], data_cfg: dict[str, Any], seed: int, data_
     global _splits
     if not enabled():
         return build(), False
-    from raysweep import models
+    from raysweep.inputs import models
 
     source = models.resolve(model_cfg["name_or_path"])  # the tokenizer's identity
     key = (source, stamp(source), json.dumps(data_cfg, sort_keys=True), seed,

@@ -40,7 +40,7 @@ def check_source(name_or_path: str) -> str | None:
 def resolve(name_or_path: str) -> str:
     """The string to hand to from_pretrained (the builtin model is created on first use)."""
     if name_or_path == BUILTIN:
-        from raysweep.builtin import ensure_builtin_model
+        from raysweep.inputs.builtin import ensure_builtin_model
 
         return str(ensure_builtin_model())
     path = Path(name_or_path).expanduser()

@@ -154,7 +154,7 @@ class DDPStrategy:
         return False
 
     def restore(self, directory: Path, saved: dict[str, Any], model, adapter, optimizer) -> None:
-        from raysweep import checkpointing
+        from raysweep.trial import checkpointing
 
         adapter.load_state_dict(model, checkpointing.load_adapter_state(directory))
         optimizer.load_state_dict(saved["optimizer"])
@@ -204,7 +204,7 @@ class DeepSpeedStrategy(DDPStrategy):
         if self.stage == 3:
             # ZeRO-3 replaced this trial's parameters by partitions; the process's cached base still holds the
             # whole weights, which is the memory ZeRO-3 is meant to give back (one trial per process here)
-            from raysweep import model_cache
+            from raysweep.inputs import model_cache
 
             model_cache.clear()
         return self.engine

@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from raysweep import config as C
-from raysweep.space import Trial, trial_count
+from raysweep.config.grid import Trial, trial_count
 
 if TYPE_CHECKING:
-    from raysweep.estimate import Estimate
+    from raysweep.offline.estimate import Estimate
 
 
 def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial], estimate: Estimate | None = None,
@@ -71,7 +71,7 @@ def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial], estimate: 
 
 
 def print_estimate(console: Console, sweep: C.Sweep, est: Estimate, source: str | None) -> None:
-    from raysweep.estimate import hours_text, human
+    from raysweep.offline.estimate import hours_text, human
 
     console.print(f"[bold]estimated total: ~{human(est.wall_s)} wall[/bold] ({len(est.trials)} trial(s) on "
                   f"{est.slots} slot(s): {human(est.makespan_s)} of trials + {human(est.overhead_s)} Ray start/stop), "

@@ -52,7 +52,7 @@ def resolve_files(data: dict[str, Any]) -> tuple[Path, Path | None]:
     For token tasks: (train.bin, val.bin) of the token directory.
     """
     if data["task"] == "builtin":
-        from raysweep.builtin import ensure_builtin_task
+        from raysweep.inputs.builtin import ensure_builtin_task
 
         return ensure_builtin_task()
     if is_token_task(data["task"]):
@@ -245,7 +245,7 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
 def token_dir(data: dict[str, Any]) -> Path:
     """The token directory of a token-task data config (the builtin corpus is generated here)."""
     if data["task"] == "builtin_tokens":
-        from raysweep.builtin import ensure_builtin_tokens
+        from raysweep.inputs.builtin import ensure_builtin_tokens
 
         return ensure_builtin_tokens()
     if not data.get("data_dir"):

@@ -55,7 +55,7 @@ CALIBRATION_FILE = "calibration.json"
 CALIBRATION_VERSION = 1  # bump when what a Calibration measures changes: older entries are ignored
 
 # ---- Ray's part of a trial's life, measured on this machine (2-core AMD EPYC, Ray 2.60, local Ray) ----
-# Measured with `python -m raysweep.estimate search_spaces/quickstart.yaml train.max_steps=20
+# Measured with `python -m raysweep.offline.estimate search_spaces/quickstart.yaml train.max_steps=20
 # train.eval_every=10 'grid.adapter.type=[lora]' --storage DIR --no-dashboard` (a separate 4-trial sweep,
 # not the quickstart; medians of 3 runs; benchmarks/RESULTS.md (g)) unless RESULTS (c) is named.
 # actor executor, first trial on a slot: Tune launches the trial → its training loop is ready (5.94, 5.13,
@@ -204,7 +204,7 @@ class Calibration:
 
 
 def cache_path() -> Path:
-    from raysweep.builtin import default_cache_dir
+    from raysweep.inputs.builtin import default_cache_dir
 
     return default_cache_dir() / CALIBRATION_FILE
 
@@ -268,12 +268,12 @@ def _import_costs(adapter_type: str) -> tuple[float, float]:
         import torch  # noqa: F401
 
         t1 = time.perf_counter()
-        for name in ("transformers", "peft", "raysweep.worker", "raysweep.data"):
+        for name in ("transformers", "peft", "raysweep.trial.loop", "raysweep.inputs.data"):
             importlib.import_module(name)
         adapters.get(adapter_type)
         return t1 - t0, time.perf_counter() - t1
     code = ("import time; t0 = time.perf_counter(); import torch; t1 = time.perf_counter(); "
-            "import transformers, peft, raysweep.worker, raysweep.data; from raysweep import adapters; "
+            "import transformers, peft, raysweep.trial.loop, raysweep.inputs.data; from raysweep import adapters; "
             f"adapters.get({adapter_type!r}); print(t1 - t0, time.perf_counter() - t1)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     torch_s, rest_s = (float(x) for x in out.stdout.split()[-2:])
@@ -312,16 +312,17 @@ class _Timers:
 def _instrumented(adapter_type: str) -> Iterator[_Timers]:
     """Times the worker's evals, checkpoint writes, data set-up and the adapter's on_train_end, in this
     process, for the duration of the block (module attributes patched and restored)."""
-    from raysweep import adapters, checkpointing, worker
-    from raysweep.session import LocalSession
+    from raysweep import adapters
+    from raysweep.trial import checkpointing, loop
+    from raysweep.trial.session import LocalSession
 
     timers = _Timers()
     cls = adapters.get(adapter_type)
-    saved = [(worker, "evaluate"), (worker, "setup_data"), (checkpointing, "save"), (cls, "on_train_end"),
+    saved = [(loop, "evaluate"), (loop, "setup_data"), (checkpointing, "save"), (cls, "on_train_end"),
              (LocalSession, "report")]
     # (object, name, its own attribute or None when inherited: then the patch is deleted, not overwritten)
     originals = [(obj, name, vars(obj).get(name)) for obj, name in saved]
-    setup_data = worker.setup_data
+    setup_data = loop.setup_data
 
     def record_data(config, tokenizer):
         train, evals = setup_data(config, tokenizer)
@@ -336,8 +337,8 @@ def _instrumented(adapter_type: str) -> Iterator[_Timers]:
         return timers.wrap("ckpt_copy", original_report)(self, metrics, checkpoint_dir)
 
     try:
-        worker.evaluate = timers.wrap("eval", worker.evaluate)
-        worker.setup_data = timers.wrap("data", record_data)
+        loop.evaluate = timers.wrap("eval", loop.evaluate)
+        loop.setup_data = timers.wrap("data", record_data)
         checkpointing.save = timers.wrap("ckpt", checkpointing.save)
         cls.on_train_end = timers.wrap("end", cls.on_train_end)
         LocalSession.report = report
@@ -352,8 +353,8 @@ def _instrumented(adapter_type: str) -> Iterator[_Timers]:
 
 def _run(trial: dict[str, Any], steps: int, eval_every: int, store: Path) -> tuple[float, _Timers, dict]:
     """One shortened run of `trial` in this process: (wall s, timers, first report)."""
-    from raysweep.session import LocalSession
-    from raysweep.worker import run_training
+    from raysweep.trial.loop import run_training
+    from raysweep.trial.session import LocalSession
 
     cfg = json.loads(json.dumps(trial))
     cfg["train"] |= {"max_steps": steps, "epochs": None, "eval_every": eval_every, "checkpoint_every": None,
@@ -408,7 +409,7 @@ def calibrate(trial: dict[str, Any], target_s: float = 2.0, log: Callable[[str],
     torch_s, import_s = shared["imports"]
     import torch
 
-    from raysweep import model_cache
+    from raysweep.inputs import model_cache
 
     threads = torch.get_num_threads()
     cold_key = json.dumps([trial["model"], trial["data"]], sort_keys=True, default=str)
@@ -454,7 +455,7 @@ def calibrate_all(trials: list[dict[str, Any]], log: Callable[[str], None] | Non
                   path: Path | None = None) -> dict[str, Calibration]:
     """Calibrate every distinct shape of `trials` (the first trial of each is its representative),
     refresh the cache, and return shape -> Calibration."""
-    from raysweep import model_cache
+    from raysweep.inputs import model_cache
 
     out: dict[str, Calibration] = {}
     shared: dict[str, Any] = {}
@@ -507,7 +508,7 @@ class Estimate:
 
 
 def trial_counts(train: dict[str, Any], train_examples: int, world_size: int = 1) -> tuple[int, int, int]:
-    """(optimizer steps, evals, checkpoints) of a trial that runs to its end (worker.run_training)."""
+    """(optimizer steps, evals, checkpoints) of a trial that runs to its end (loop.run_training)."""
     if train.get("max_steps"):
         steps = int(train["max_steps"])
     else:
@@ -685,11 +686,11 @@ def measure_run(args: list[str]) -> dict[str, Any]:
     import re
     import statistics as st
 
-    from raysweep import space
     from raysweep.__main__ import _parser
+    from raysweep.config import grid as G
 
     parsed = _parser().parse_args(["run", *args])
-    _, sweep, trials = space.load(parsed.grid, parsed.overrides)
+    _, sweep, trials = G.load(parsed.grid, parsed.overrides)
     est, source = for_sweep(sweep, trials)  # from the cached calibrations, before the run
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "raysweep", "run", *args], capture_output=True, text=True,
@@ -733,7 +734,7 @@ def measure_run(args: list[str]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    # python -m raysweep.estimate GRID [overrides] --storage DIR ...: one timed `raysweep run`, its numbers
+    # python -m raysweep.offline.estimate GRID [overrides] --storage DIR ...: one timed `raysweep run`, its numbers
     # as JSON (with `torch_import_s` of a fresh process, what ACTOR_START_S excludes)
     measured = measure_run(sys.argv[1:])
     measured["torch_import_s"], _ = _import_costs("lora")

@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from raysweep import metrics as M
 from raysweep.adapters.lora import LoraAdapter
+from raysweep.experiment import metrics as M
 
 
 class GateOptions(BaseModel):
@@ -73,7 +73,7 @@ class SoraAdapter(LoraAdapter):
         return self.cfg["alpha"] / self.cfg["r"]  # config.py resolves an empty alpha to 2·r
 
     def build(self, model):
-        from raysweep.adapters import gating
+        from raysweep.adapters.sora import gating
 
         model = super().build(model)
         gating.add_gates(model)
@@ -81,7 +81,7 @@ class SoraAdapter(LoraAdapter):
 
     # --- training hooks ----------------------------------------------------------------------------
     def param_groups(self, model, train_cfg: dict[str, Any]) -> list[dict[str, Any]]:
-        from raysweep.adapters.gating import is_gate
+        from raysweep.adapters.sora.gating import is_gate
 
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         return [
@@ -92,7 +92,7 @@ class SoraAdapter(LoraAdapter):
         ]
 
     def threshold(self, optimizer, progress: float) -> float:
-        from raysweep.adapters.gating import threshold_at
+        from raysweep.adapters.sora.gating import threshold_at
 
         lam = threshold_at(progress, self.opts.lambda_, self.opts.lambda_final, self.opts.lambda_schedule)
         if self.opts.threshold == "absolute":
@@ -101,7 +101,7 @@ class SoraAdapter(LoraAdapter):
         return lam * gate_lr
 
     def after_optimizer_step(self, model, optimizer, progress: float) -> None:
-        from raysweep.adapters.gating import gates, soft_threshold_
+        from raysweep.adapters.sora.gating import gates, soft_threshold_
 
         xi = self.threshold(optimizer, progress)
         if xi > 0:
@@ -111,13 +111,13 @@ class SoraAdapter(LoraAdapter):
     def loss_penalty(self, model):
         if not self.opts.gate_l1:
             return None
-        from raysweep.adapters.gating import gates
+        from raysweep.adapters.sora.gating import gates
 
         return self.opts.gate_l1 * sum(g.abs().sum() for g in gates(model))
 
     # --- metrics -----------------------------------------------------------------------------------
     def metrics(self, model) -> dict[str, float]:
-        from raysweep.adapters import gating
+        from raysweep.adapters.sora import gating
 
         out = super().metrics(model)
         all_gates = [g.detach() for g in gating.gates(model)]
@@ -130,18 +130,18 @@ class SoraAdapter(LoraAdapter):
 
     def layer_log(self, model) -> dict[str, float]:
         """Fraction of dead gates per adapted module (the per-layer sparsity heatmap's columns)."""
-        from raysweep.adapters.gating import gate_of, lora_layers
+        from raysweep.adapters.sora.gating import gate_of, lora_layers
 
         return {name: float((gate_of(layer) == 0).float().mean()) for name, layer in lora_layers(model)}
 
     # --- state, checkpoints, export ----------------------------------------------------------------
     def state_dict(self, model) -> dict:
-        from raysweep.adapters.gating import state_dict
+        from raysweep.adapters.sora.gating import state_dict
 
         return state_dict(model)
 
     def load_state_dict(self, model, state: dict) -> None:
-        from raysweep.adapters.gating import load_state_dict
+        from raysweep.adapters.sora.gating import load_state_dict
 
         load_state_dict(model, state)
 
@@ -150,7 +150,7 @@ class SoraAdapter(LoraAdapter):
         from peft import LoraConfig
         from safetensors.torch import save_file
 
-        from raysweep.adapters.gating import export
+        from raysweep.adapters.sora.gating import export
 
         kwargs, tensors = export(state if state is not None else self.state_dict(model), self.scaling)
         base = model.peft_config["default"]

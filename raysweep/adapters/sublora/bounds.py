@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from raysweep import bounds as B
-from raysweep import metrics as M
+from raysweep.adapters.sublora import coding as B
+from raysweep.experiment import metrics as M
 
 SAMPLE_SEED = 0  # the sub-sample of units: fixed, never derived from the data or the training run
 SPLIT_BITS = 32  # per split logit (learned mode), stored as float32
@@ -51,7 +51,7 @@ class Units:
 def _windows(doc: np.ndarray, max_len: int) -> list:
     """Windows of ≤ max_len tokens with stride max_len − 1, labels = inputs: every token after the first is
     predicted exactly once, with up to max_len − 1 tokens of context from the same document."""
-    from raysweep.data import Example
+    from raysweep.inputs.data import Example
 
     ids = np.asarray(doc, dtype=np.int64).tolist()
     stride = max(1, max_len - 1)
@@ -65,7 +65,7 @@ def _windows(doc: np.ndarray, max_len: int) -> list:
 
 def units_for(config: dict[str, Any], train_examples: list, eos_id: int | None) -> list[Units]:
     """Document- and sequence-level units of a trial's training data."""
-    from raysweep import data
+    from raysweep.inputs import data
 
     d = config["data"]
     seq = Units("sequence", len(train_examples), lambda i: [train_examples[i]],
@@ -99,7 +99,7 @@ def token_stats(model, units: list[list], ks: list[int], batch_size: int, device
     fraction of its tokens whose true token is in the top k. Also the vocabulary size (logit width)."""
     import torch
 
-    from raysweep.data import IGNORE_INDEX, collate
+    from raysweep.inputs.data import IGNORE_INDEX, collate
 
     items = [(u, ex) for u, exs in enumerate(units) for ex in exs]
     probs: list[list[np.ndarray]] = [[] for _ in units]
@@ -159,7 +159,7 @@ def compute_bounds(model, adapter, config: dict[str, Any], train_examples: list,
     """(flat bound/* metrics, the full JSON report) for a SubLoRA model; α is restored afterwards."""
     import torch
 
-    from raysweep.adapters.sublora import subspace
+    from raysweep.adapters.sublora.adapter import subspace
 
     t0 = time.perf_counter()
     opts = adapter.opts
@@ -266,7 +266,7 @@ def compute_bounds(model, adapter, config: dict[str, Any], train_examples: list,
 
 def training_examples(config: dict[str, Any], tokenizer=None) -> list:
     """The trial's tokenized training examples, rebuilt from its config (as the worker built them)."""
-    from raysweep import data, models
+    from raysweep.inputs import data, models
 
     if tokenizer is None:
         from transformers import AutoTokenizer
@@ -284,8 +284,10 @@ def bounds_for_checkpoint(checkpoint_dir: Path, **overrides: Any) -> dict[str, A
     Nothing is written (the caller decides where bounds.json goes: `write_report`)."""
     import torch
 
-    from raysweep import adapters, checkpointing, data, models
-    from raysweep.adapters.sublora import SubloraOptions
+    from raysweep import adapters
+    from raysweep.adapters.sublora.adapter import SubloraOptions
+    from raysweep.inputs import data, models
+    from raysweep.trial import checkpointing
 
     checkpoint_dir = Path(checkpoint_dir)
     config_path = checkpoint_dir / checkpointing.TRIAL_CONFIG

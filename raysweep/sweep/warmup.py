@@ -21,11 +21,11 @@ MODULES = (
     "transformers.models.llama.modeling_llama",
     "transformers.optimization",
     "peft",
-    "raysweep.models",
+    "raysweep.inputs.models",
     "raysweep.adapters",
-    "raysweep.data",
-    "raysweep.model_cache",
-    "raysweep.builtin",
+    "raysweep.inputs.data",
+    "raysweep.inputs.model_cache",
+    "raysweep.inputs.builtin",
 )
 
 _thread: threading.Thread | None = None

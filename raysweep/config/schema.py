@@ -277,7 +277,7 @@ def validate_search(sweep: Sweep, grid: Any) -> list[ConfigIssue]:
 
 def metric_names() -> list[str]:
     """The flat metric names of metrics.py (what search.objectives may name)."""
-    from raysweep import metrics
+    from raysweep.experiment import metrics
 
     return sorted(v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str) and "/" in v)
 
@@ -326,9 +326,9 @@ class ResourcesConfig(_Section):
             raise ValueError(f"resources.strategy {self.strategy!r} runs in Ray Train's worker group: set "
                              "resources.executor to 'train' (or 'auto'), or use resources.strategy: ddp")
         if self.deepspeed_config:
-            from raysweep import strategies  # no heavy imports
+            from raysweep.trial import engines  # no heavy imports
 
-            problem = strategies.deepspeed_config_problem(self.strategy, self.deepspeed_config)
+            problem = engines.deepspeed_config_problem(self.strategy, self.deepspeed_config)
             if problem:
                 raise ValueError(problem)
         if self.gpu_memory_fraction is not None and not self.gpus_per_worker:
@@ -617,9 +617,9 @@ def validate_trial(raw: dict[str, Any], prefix: str = "") -> tuple[TrialConfig |
         issues.append(ConfigIssue(f"{prefix}.model.load_in_4bit" if prefix else "model.load_in_4bit",
                                   "adapter 'masked' prunes the base weights (W ⊙ M), which 4-bit loading stores "
                                   "quantized; set model.load_in_4bit: false, or use lora/dora/sora/sdora/sublora"))
-    from raysweep import strategies  # no heavy imports: which adapters each DeepSpeed ZeRO stage runs
+    from raysweep.trial import engines  # no heavy imports: which adapters each DeepSpeed ZeRO stage runs
 
-    for key, message in strategies.problems(trial.resources.strategy, trial.adapter.type, trial.model.load_in_4bit):
+    for key, message in engines.problems(trial.resources.strategy, trial.adapter.type, trial.model.load_in_4bit):
         issues.append(ConfigIssue(f"{prefix}.{key}" if prefix else key, message))
     return (None if issues else trial), issues
 

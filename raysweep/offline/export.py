@@ -8,7 +8,7 @@ experiment's raysweep.yaml, or `metric`/`mode`). It writes into `out`:
   `adapter_model.safetensors`; masked trials also `raysweep_mask.safetensors`/`.json`), the tokenizer
   as the trial used it (pad token and chat template set), `trial_config.json` and `export.json`.
   Loads with `PeftModel.from_pretrained(base, out)`; masked trials then need
-  `raysweep.adapters.masked.apply_saved_masks(model, out)`.
+  `raysweep.adapters.masked.adapter.apply_saved_masks(model, out)`.
 - merged export (`merged=True`): the base with the adapter merged in (`merge_and_unload`, computed in
   float32, saved in the trial's model dtype), its tokenizer, `trial_config.json` and `export.json`.
   Loads with `AutoModelForCausalLM.from_pretrained(out)` alone (no peft). Masked trials are merged with
@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from raysweep import checkpointing
-from raysweep import metrics as M
+from raysweep.experiment import metrics as M
+from raysweep.trial import checkpointing
 
 EXPORT_INFO = "export.json"
 SWEEP_FILE = "raysweep.yaml"
@@ -265,13 +265,13 @@ def export(path: str | Path, out: str | Path, *, best: bool = False, merged: boo
 
 
 def _mask_file() -> str:
-    from raysweep.adapters.masked import MASK_FILE
+    from raysweep.adapters.masked.adapter import MASK_FILE
 
     return MASK_FILE
 
 
 def _preflight(cfg: dict[str, Any], check: bool) -> None:
-    from raysweep import data, models
+    from raysweep.inputs import data, models
 
     problems = [p for p in [models.check_source(cfg["model"]["name_or_path"])] if p]
     if check:
@@ -308,7 +308,7 @@ def _tokenizer(cfg: dict[str, Any]):
     """The tokenizer as the trial used it (pad token and chat template set as data.load_splits sets them)."""
     from transformers import AutoTokenizer
 
-    from raysweep import data, models
+    from raysweep.inputs import data, models
 
     model_cfg = cfg["model"]
     tokenizer = AutoTokenizer.from_pretrained(models.resolve(model_cfg["name_or_path"]),
@@ -321,12 +321,12 @@ def _adapted(model_cfg: dict[str, Any], adapter_dir: Path, masked: bool):
     """Base (in model_cfg's dtype, CPU) + the peft adapter in `adapter_dir`, masked like in training."""
     from peft import PeftModel
 
-    from raysweep import models
+    from raysweep.inputs import models
 
     base, _ = models.load(model_cfg)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     if masked:
-        from raysweep.adapters.masked import apply_saved_masks
+        from raysweep.adapters.masked.adapter import apply_saved_masks
 
         apply_saved_masks(model, adapter_dir)
     return model
@@ -358,7 +358,7 @@ def load_masks(adapter_dir: str | Path) -> dict[str, Any]:
 
 def mask_violations(model, masks: dict[str, Any]) -> tuple[int, int]:
     """(masked positions, how many of them are not exactly 0) in a plain (merged) model's weights."""
-    from raysweep.adapters.masked import linear_layers
+    from raysweep.adapters.masked.adapter import linear_layers
 
     layers = linear_layers(model)
     missing = sorted(set(masks) - set(layers))
@@ -381,9 +381,9 @@ def _evaluate_export(cfg: dict[str, Any], out: Path, merged: bool, masked: bool,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from raysweep import data
-    from raysweep.session import LocalSession
-    from raysweep.worker import evaluate
+    from raysweep.inputs import data
+    from raysweep.trial.loop import evaluate
+    from raysweep.trial.session import LocalSession
 
     remote = cfg["model"].get("trust_remote_code", False)
     if merged:
@@ -399,7 +399,8 @@ def _evaluate_export(cfg: dict[str, Any], out: Path, merged: bool, masked: bool,
 
 
 def _write_info(result: ExportResult, cfg: dict[str, Any], saved: dict[str, Any]) -> None:
-    from raysweep import __version__, models
+    from raysweep import __version__
+    from raysweep.inputs import models
 
     keys = (M.EVAL_LOSS, M.EVAL_BEST_LOSS, M.EVAL_ACCURACY, M.EVAL_STEP, M.TRAIN_STEP, M.ADAPTER_TRAINABLE_PARAMS,
             M.ADAPTER_EFFECTIVE_PARAMS, M.ADAPTER_SPARSITY, M.MASK_VIOLATIONS, M.MASK_ACHIEVED_SPARSITY)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from raysweep.builtin.cache import build_once
+from raysweep.inputs.builtin.cache import build_once
 
 MASKS_DIR = "masks"
 MASKS_FILE = "masks.safetensors"
@@ -50,7 +50,7 @@ def get_or_compute(root: Path, key: dict[str, Any],
         t0 = time.perf_counter()
         masks, histogram = compute()
         save_file({n: m.to("cpu").contiguous().to(dtype=_uint8()) for n, m in masks.items()}, str(tmp / MASKS_FILE))
-        from raysweep.pruning import mask_stats
+        from raysweep.adapters.masked.pruning import mask_stats
 
         stats = {"key": key, "seconds": round(time.perf_counter() - t0, 3), **mask_stats(masks)}
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2))

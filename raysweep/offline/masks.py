@@ -1,7 +1,7 @@
 """`raysweep masks grid.yaml`: compute every pruning mask a sweep will need, before it runs.
 
 Runs in the CLI process (no Ray): for each distinct mask of the grid's `masked` trials it builds the
-trial's model and data exactly as a trial does (worker.setup_*) and calls the adapter's `prepare`, which
+trial's model and data exactly as a trial does (loop.setup_*) and calls the adapter's `prepare`, which
 computes the mask into `<storage>/masks/` or finds it there. Trials of a later `raysweep run` with the
 same storage then only load masks. Running it is optional: trials compute missing masks on demand.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raysweep import metrics as M
+from raysweep.experiment import metrics as M
 
 # adapter keys that change the mask; the rest (rank, alpha, lr, training seed, ...) never do
 MASK_KEYS = ("sparsity", "importance", "mask", "mask_scope", "mask_seed", "calibration_examples", "prune_modules",
@@ -43,8 +43,9 @@ def precompute_masks(trial_configs: list[dict[str, Any]], store: Path) -> list[M
 
     from transformers.utils import logging as hf_logging
 
-    from raysweep import model_cache, worker
-    from raysweep.session import LocalSession
+    from raysweep.inputs import model_cache
+    from raysweep.trial import loop
+    from raysweep.trial.session import LocalSession
 
     hf_logging.disable_progress_bar()  # the CLI prints its own table; weight-loading bars would bury it
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -58,10 +59,10 @@ def precompute_masks(trial_configs: list[dict[str, Any]], store: Path) -> list[M
         session = LocalSession(Path(tmp))
         for configs in groups.values():
             cfg = dict(configs[0], _store=str(store))
-            worker.setup_runtime(cfg)
-            model, adapter, tokenizer, _ = worker.setup_model(cfg, session)
-            train, evals = worker.setup_data(cfg, tokenizer)
-            context = worker.setup_context(cfg, session, train, evals, tokenizer.pad_token_id)
+            loop.setup_runtime(cfg)
+            model, adapter, tokenizer, _ = loop.setup_model(cfg, session)
+            train, evals = loop.setup_data(cfg, tokenizer)
+            context = loop.setup_context(cfg, session, train, evals, tokenizer.pad_token_id)
             metrics = adapter.prepare(model, context)
             a = cfg["adapter"]
             results.append(MaskResult(a["sparsity"], a["mask"], a["importance"], metrics[M.MASK_ACHIEVED_SPARSITY],

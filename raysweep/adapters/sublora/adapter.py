@@ -45,10 +45,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from raysweep import metrics as M
 from raysweep.adapters.base import TrialContext
 from raysweep.adapters.lora import LoraAdapter
-from raysweep.bounds import DEFAULT_ALPHAS
+from raysweep.adapters.sublora.coding import DEFAULT_ALPHAS
+from raysweep.experiment import metrics as M
 
 ALLOCATION_LOG = "allocation.csv"  # learned mode, in every checkpoint: step, overall (mean γ), γ per module
 BOUNDS_REPORT = "bounds.json"  # final checkpoint: the full bound report (sublora_bounds.py)
@@ -149,7 +149,7 @@ def _classes() -> dict[str, Any]:
     import torch.nn.functional as F
     from torch import nn
 
-    from raysweep.adapters.projectors import DenseProjector, KronProjector
+    from raysweep.adapters.sublora.projectors import DenseProjector, KronProjector
 
     class _DenseRows(torch.autograd.Function):
         """Rows [lo, hi) of a lazy dense P times α; chunks regenerated in forward and backward, none saved."""
@@ -194,7 +194,7 @@ def _classes() -> dict[str, Any]:
 
         def __init__(self, opts: SubloraOptions, slots: list[dict[str, Any]], sizes: dict[str, int], device):
             super().__init__()
-            from raysweep.adapters.projectors import derive_seed, make_projector
+            from raysweep.adapters.sublora.projectors import derive_seed, make_projector
 
             self.mode, self.d, self.C = opts.allocation_mode, opts.intrinsic_dim, float(opts.mask_temperature)
             self.slots = slots  # per adapted module: name, shapes, and (space, lo, hi) of its A and B
@@ -274,7 +274,7 @@ def project_rows(proj, alpha, lo: int, hi: int):
 
 
 def lora_layers(model):
-    from raysweep.adapters.gating import lora_layers as layers
+    from raysweep.adapters.sora.gating import lora_layers as layers
 
     return layers(model)
 
@@ -397,7 +397,7 @@ class SubloraAdapter(LoraAdapter):
     def on_train_end(self, model, context: TrialContext) -> tuple[dict[str, Any], dict[str, Any]]:
         if not self.opts.bounds or context.world_rank != 0:  # rank 0 reports; the others would repeat it
             return {}, {}
-        from raysweep import sublora_bounds
+        from raysweep.adapters.sublora import bounds as sublora_bounds
 
         train = getattr(context, "train_set", None)
         if train is None:

@@ -50,7 +50,7 @@ PRETRAIN = dict(examples=32_000, steps=400, batch_size=64, lr=1e-3, warmup=30, w
 def _pretrain(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast) -> float:
     import torch
 
-    from raysweep.data import collate
+    from raysweep.inputs.data import collate
 
     from .corpus import pretrain_examples
     from .encoding import encode_many

@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from raysweep import metrics as M
 from raysweep.adapters.base import TrialContext
 from raysweep.adapters.lora import LoraAdapter
-from raysweep.pruning import IMPORTANCE, check_mask_options
+from raysweep.adapters.masked.pruning import IMPORTANCE, check_mask_options
+from raysweep.experiment import metrics as M
 
 MASK_FILE = "raysweep_mask.safetensors"  # saved beside the peft adapter: merging needs it
 VALIDATION_REPORT = "validation_report.json"
@@ -149,7 +149,7 @@ class MaskedAdapter(LoraAdapter):
     # ------------------------------------------------------------------------------ masks
 
     def mask_key(self, context: TrialContext) -> dict[str, Any]:
-        from raysweep import data, model_cache
+        from raysweep.inputs import data, model_cache
 
         o = self.options
         key = {"model": model_cache.identity(context.config["model"]), "importance": o.importance, "mask": o.mask,
@@ -193,7 +193,7 @@ class MaskedAdapter(LoraAdapter):
             model.train(was_training)
 
     def compute_masks(self, model, context: TrialContext) -> tuple[dict, dict]:
-        from raysweep import pruning
+        from raysweep.adapters.masked import pruning
 
         o = self.options
         weights = self._weights()
@@ -207,7 +207,7 @@ class MaskedAdapter(LoraAdapter):
     def prepare(self, model, context: TrialContext) -> dict[str, Any]:
         import time
 
-        from raysweep import mask_store
+        from raysweep.adapters.masked import store as mask_store
 
         t0 = time.perf_counter()
         self.layers = pruned_layers(model, self.options.prune_modules)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from raysweep import config as C
-from raysweep.ranges import Range
-from raysweep.ranges import parse as parse_range
+from raysweep.config.ranges import Range
+from raysweep.config.ranges import parse as parse_range
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Importance-masked sparse LoRA: pruning scores, exact-count masks, a mask store."""

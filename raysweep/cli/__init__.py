@@ -1,0 +1,1 @@
+"""The command line: commands, preflight, plan printing, console and exit codes."""

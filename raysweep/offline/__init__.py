@@ -1,0 +1,1 @@
+"""Work outside a sweep: time estimate, export, masks precomputation, bounds from checkpoints."""

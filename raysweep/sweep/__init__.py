@@ -1,0 +1,1 @@
+"""The Tune side: driver (Tuner), schedulers and search, resources, param space, progress, warm-up."""

@@ -1,0 +1,1 @@
+"""One trial: the training loop, its session seam, engines (DDP/DeepSpeed), checkpoints."""
