@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from raysweep.experiment.layout import RESULT_FILE
+
 
 def load_history(frame: pd.DataFrame) -> pd.DataFrame:
     """Every result each trial reported (Tune's result.json), joined with the trial's axes and status."""
     rows = []
     axes = [c for c in frame.columns if c.startswith("cell/") or c in ("adapter.type", "adapter.r", "status")]
     for _, trial in frame.iterrows():
-        path = Path(trial["trial_path"]) / "result.json"
+        path = Path(trial["trial_path"]) / RESULT_FILE
         if not path.is_file():
             continue
         for line in path.read_text().splitlines():

@@ -2,7 +2,7 @@
 
 Reads what Ray Tune writes per trial (params.json and progress.csv / result.json) rather than
 `ResultGrid.get_dataframe()`, which misses trials whose result.json is empty after a crash and restore
-(DESIGN.md pitfalls). The raysweep trials.csv adds each trial's status and failure reason.
+(seen after a SIGKILLed driver). The raysweep trials.csv adds each trial's status and failure reason.
 """
 
 from __future__ import annotations
@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pandas as pd
 
-SWEEP_FILE = "raysweep.yaml"
+from raysweep.experiment import outcome
+from raysweep.experiment.layout import (
+    PARAMS_FILE,
+    PROGRESS_FILE,
+    RESULT_FILE,
+    SUMMARY_CSV,
+    SWEEP_FILE,
+    TRIALS_FILE,
+)
+from raysweep.experiment.metrics import CHECKPOINT_PATH, TRAIN_EARLY_STOPPED
 
 
 class ResultsError(ValueError):
@@ -20,12 +29,12 @@ class ResultsError(ValueError):
 
 
 def _last_result(trial_dir: Path) -> dict:
-    result = trial_dir / "result.json"
+    result = trial_dir / RESULT_FILE
     if result.is_file():
         lines = [line for line in result.read_text().splitlines() if line.strip()]
         if lines:
             return json.loads(lines[-1])
-    progress = trial_dir / "progress.csv"
+    progress = trial_dir / PROGRESS_FILE
     if progress.is_file() and progress.stat().st_size:
         frame = pd.read_csv(progress)
         if len(frame):
@@ -40,16 +49,16 @@ def load_trials(experiment: str | Path) -> pd.DataFrame:
         raise ResultsError(f"{experiment}: not a raysweep experiment directory (no {SWEEP_FILE}); "
                            "give the path printed by `raysweep run`")
     rows = []
-    for params in sorted(root.glob("*/params.json")):
+    for params in sorted(root.glob(f"*/{PARAMS_FILE}")):
         trial_dir = params.parent
         cell = json.loads(params.read_text()).get("cell", {})
         last = _last_result(trial_dir)
         row = {"trial_id": last.get("trial_id", trial_dir.name.split("_")[0]), "trial_path": str(trial_dir)}
         row |= {f"cell/{k}": v for k, v in cell.items()}
-        row |= {k: v for k, v in last.items() if "/" in k or k == "checkpoint_path"}
+        row |= {k: v for k, v in last.items() if "/" in k or k == CHECKPOINT_PATH}
         rows.append(row)
     frame = pd.DataFrame(rows)
-    status_file = root / "trials.csv"
+    status_file = root / TRIALS_FILE
     if len(frame) and status_file.is_file():
         status = pd.read_csv(status_file, dtype={"trial_id": str})
         keep = ["trial_id", "status", "adapter.type", "adapter.r", "train.seed", "error"]
@@ -59,22 +68,25 @@ def load_trials(experiment: str | Path) -> pd.DataFrame:
             status["wall_time_s"] = pd.to_numeric(status["ended_at"], errors="coerce") - pd.to_numeric(
                 status["launched_at"], errors="coerce")
             keep.append("wall_time_s")
-        if "checkpoint_path" in status:  # actor-executor trials: Tune keeps the checkpoint, not the result
-            keep.append("checkpoint_path")
-            status = status.rename(columns={"checkpoint_path": "_checkpoint"})
+        if CHECKPOINT_PATH in status:  # actor-executor trials: Tune keeps the checkpoint, not the result
+            keep.append(CHECKPOINT_PATH)
+            status = status.rename(columns={CHECKPOINT_PATH: "_checkpoint"})
             keep[-1] = "_checkpoint"
         frame = frame.merge(status[keep], on="trial_id", how="left")
         if "_checkpoint" in frame:
-            reported = frame["checkpoint_path"] if "checkpoint_path" in frame else None
-            frame["checkpoint_path"] = frame["_checkpoint"] if reported is None else reported.fillna(frame["_checkpoint"])
+            reported = frame[CHECKPOINT_PATH] if CHECKPOINT_PATH in frame else None
+            frame[CHECKPOINT_PATH] = frame["_checkpoint"] if reported is None else reported.fillna(frame["_checkpoint"])
             frame = frame.drop(columns="_checkpoint")
     if len(frame):
         if "adapter.type" not in frame or frame["adapter.type"].isna().any():
             # a running experiment has no trials.csv yet: the family comes from the grid cell or the base config
             frame["adapter.type"] = _adapter_types(frame, root)
-        frame["flag"] = frame.apply(_flag, axis=1)
-        if "checkpoint_path" in frame:
-            frame["checkpoint_path"] = frame["checkpoint_path"].map(lambda p: _relocate(p, _recorded_root(root), root))
+        stopped_by = frame["stopped_by"] if "stopped_by" in frame else pd.Series("", index=frame.index)
+        early = frame[TRAIN_EARLY_STOPPED] if TRAIN_EARLY_STOPPED in frame else pd.Series(False, index=frame.index)
+        status = frame["status"] if "status" in frame else pd.Series(None, index=frame.index, dtype=object)
+        frame["flag"] = [outcome.flag(s, b, e) for s, b, e in zip(status, stopped_by, early, strict=True)]
+        if CHECKPOINT_PATH in frame:
+            frame[CHECKPOINT_PATH] = frame[CHECKPOINT_PATH].map(lambda p: _relocate(p, _recorded_root(root), root))
     return frame
 
 
@@ -104,21 +116,15 @@ def _relocate(path, old_root: str | None, root: Path):
         return str(root / path[len(old_root):].lstrip("/"))
     return path
 
-def _flag(row: pd.Series) -> str:
-    """Why a trial's numbers need care: '' (finished normally), 'stopped by <scheduler>' (a trial scheduler
-    such as asha ended it before train.max_steps: its numbers are from that step), early-stopped (its own
-    patience), error, or unfinished."""
-    status = row.get("status")
-    if status == "ERROR":
-        return "error"
-    if isinstance(status, str) and status != "TERMINATED":
-        return "unfinished"
-    stopped_by = row.get("stopped_by")
-    if isinstance(stopped_by, str) and stopped_by:
-        return f"stopped by {stopped_by}"
-    if row.get("train/early_stopped") in (True, "True", 1):
-        return "early-stopped"
-    return ""
+def ran_to_end(frame: pd.DataFrame) -> pd.Series:
+    """Per trial, whether its numbers are final (raysweep.experiment.outcome.ran_to_end: the one rule that
+    the tables, export --best and the SubLoRA plots use). Without a trial table (a sweep still starting)
+    nothing says a trial stopped short, so all count."""
+    if "status" not in frame:
+        return pd.Series(True, index=frame.index)
+    stopped_by = frame["stopped_by"] if "stopped_by" in frame else pd.Series("", index=frame.index)
+    return pd.Series([outcome.ran_to_end(s, b) for s, b in zip(frame["status"], stopped_by, strict=True)],
+                     index=frame.index, dtype=bool)
 
 
 def print_overview(console, frame: pd.DataFrame, experiment: str, out: Path | None = None) -> None:
@@ -136,7 +142,7 @@ def print_overview(console, frame: pd.DataFrame, experiment: str, out: Path | No
     for _, row in frame[cols].iterrows():
         table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
     console.print(table)
-    out = (out or Path(experiment).expanduser()) / "summary.csv"
+    out = (out or Path(experiment).expanduser()) / SUMMARY_CSV
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     console.print(f"wrote {out}")

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.load import ran_to_end
 from analysis.plots import _plt
+from raysweep.experiment.layout import ALLOCATION_LOG, BOUNDS_REPORT
 
 DIM = "cell/adapter.intrinsic_dim"
 MODE = "cell/adapter.allocation_mode"
 RATIO = "cell/adapter.allocation_ratio"
 SEEDS = ("cell/train.seed", "train.seed")
-ALLOCATION_LOG = "allocation.csv"
-BOUNDS_REPORT = "bounds.json"
 KL = "bound/kl_nats"
 BITS = "bound/compressed_bits"
 BPD = "bound/doc_bpd"
@@ -67,8 +67,7 @@ def _trial_dim(trial: pd.Series, bounds: dict | None) -> float:
 def _finished(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     if "status" not in frame:
         return frame, []
-    stopped = frame.get("flag", pd.Series("", index=frame.index)).fillna("").str.startswith("stopped by")
-    done = (frame["status"] == "TERMINATED") & ~stopped  # scheduler-stopped trials did not run their budget
+    done = ran_to_end(frame)  # scheduler-stopped trials did not run their budget
     skipped = [f"{t}: {s} (not finished)" for t, s in zip(frame.loc[~done, "trial_id"], frame.loc[~done, "status"],
                                                            strict=True)]
     return frame[done], skipped

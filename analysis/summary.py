@@ -10,12 +10,13 @@ import pandas as pd
 from analysis import families
 from analysis.aggregate import config_axes, over_seeds
 from analysis.history import load_history
+from analysis.load import ran_to_end
 from analysis.pareto import pareto_front
 from analysis.plots import curves, frontier, sparsity_heatmap
 from analysis.report import write_report
 from analysis.tables import to_latex, to_markdown
+from raysweep.experiment import layout as L
 
-DEFAULT_OBJECTIVES = families.ADAPTERS  # the family's own defaults win when its metrics exist (families.py)
 SUMMARY_METRICS = ["eval/loss", "eval/accuracy", "eval/best_loss", "adapter/effective_params",
                    "adapter/trainable_params", "adapter/sparsity", "train/tokens_per_s"]
 
@@ -30,17 +31,17 @@ def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] |
     metrics = list(dict.fromkeys([*SUMMARY_METRICS, *families.METRICS[families.family_of(frame)], *objectives]))
     metrics = [m for m in metrics if m in frame]
     table = over_seeds(finished, metrics, config_axes(frame))
-    table.to_csv(out / "summary_table.csv", index=False)
+    table.to_csv(out / f"{L.SUMMARY_TABLE}.csv", index=False)
     shown = [m for m in metrics if f"{m} mean" in table and table[f"{m} mean"].notna().any()]
     caption = "mean ± std over seeds; best per column in bold; * fewer seeds than the other configurations"
-    (out / "summary_table.tex").write_text(to_latex(table, shown, caption))
-    (out / "summary_table.md").write_text(to_markdown(table, shown))
+    (out / f"{L.SUMMARY_TABLE}.tex").write_text(to_latex(table, shown, caption))
+    (out / f"{L.SUMMARY_TABLE}.md").write_text(to_markdown(table, shown))
     means = table.rename(columns={f"{m} mean": m for m in objectives})
     missing = [m for m in objectives if m not in means]
     if missing:
         raise KeyError(f"objective(s) {', '.join(missing)} not reported by any finished trial")
     front = pareto_front(means, objectives)
-    table.assign(on_front=front.on_front).to_csv(out / "pareto.csv", index=False)
+    table.assign(on_front=front.on_front).to_csv(out / L.PARETO_FILE, index=False)
     figures = write_figures(frame, table, objectives, front.on_front, out)
     notes = [f"{len(frame)} trial(s), {len(finished)} finished; {len(table)} configuration(s)."]
     if len(stopped):
@@ -49,22 +50,13 @@ def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] |
                      "from an earlier step); a configuration shows only its seeds that ran to the end.")
     if len(front.excluded):
         notes.append(f"{len(front.excluded)} configuration(s) left out of the front (missing or non-finite objective).")
-    write_report(out / "report.html", title=f"raysweep: {Path(str(frame['trial_path'].iloc[0])).parent.name}",
+    write_report(out / L.REPORT_FILE, title=f"raysweep: {Path(str(frame['trial_path'].iloc[0])).parent.name}",
                  table=table, metrics=shown, objectives=objectives, on_front=front.on_front, figures=figures,
                  notes=notes)
-    return {"report": out / "report.html", "figures": figures, "objectives": objectives, "summary_table": out / "summary_table.csv", "pareto": out / "pareto.csv",
-            "markdown": (out / "summary_table.md").read_text(),
+    return {"report": out / L.REPORT_FILE, "figures": figures, "objectives": objectives, "summary_table": out / f"{L.SUMMARY_TABLE}.csv", "pareto": out / L.PARETO_FILE,
+            "markdown": (out / f"{L.SUMMARY_TABLE}.md").read_text(),
             "front": table[front.on_front], "excluded": table.loc[front.excluded],
             "configurations": len(table), "unfinished": len(frame) - len(finished), "stopped": len(stopped)}
-
-
-def ran_to_end(frame: pd.DataFrame) -> pd.Series:
-    """Trials whose final numbers are final: TERMINATED and not stopped early by a trial scheduler (asha,
-    median: those ran fewer steps). A trial that stopped itself by patience counts: it ended where its own
-    rule said, keeping its best adapter."""
-    if "status" not in frame:
-        return pd.Series(True, index=frame.index)
-    return (frame["status"] == "TERMINATED") & ~frame.index.isin(_stopped_by(frame).index)
 
 
 def _stopped_by(frame: pd.DataFrame) -> pd.Series:
@@ -81,15 +73,15 @@ def write_figures(frame: pd.DataFrame, table: pd.DataFrame, objectives: dict[str
     figures = []
     names = list(objectives)
     if len(names) >= 2:
-        figures.append(frontier(table, names[0], names[1], on_front, out / "frontier.png"))
+        figures.append(frontier(table, names[0], names[1], on_front, out / L.FRONTIER_FIGURE))
     history = load_history(frame)
     if len(history):
-        history.to_csv(out / "history.csv", index=False)  # the long table: one row per trial and report
+        history.to_csv(out / L.HISTORY_FILE, index=False)  # the long table: one row per trial and report
     for metric in ("eval/loss", "train/loss"):
         if metric in history and history[metric].notna().any():
             figures.append(curves(history, metric, out / f"curves_{metric.replace('/', '_')}.png"))
     for _, trial in frame.iterrows():
-        log = Path(str(trial.get("checkpoint_path", ""))) / "sparsity.csv"
+        log = Path(str(trial.get("checkpoint_path", ""))) / L.SPARSITY_LOG
         if trial.get("checkpoint_path") and isinstance(trial["checkpoint_path"], str) and log.is_file():
             title = f"{trial['trial_id']} {trial.get('adapter.type', '')} " + ", ".join(
                 f"{c.removeprefix('cell/')}={trial[c]}" for c in frame.columns if c.startswith("cell/") and pd.notna(trial[c]))

@@ -103,24 +103,30 @@ def test_a_valid_scheduler_config_loads(tmp_path):
 
 
 def test_stopped_trials_are_told_apart_from_finished_ones():
-    from raysweep.sweep.progress import stopped_early
+    from raysweep.experiment.outcome import flag, ran_to_end, stopped_early
 
-    resolved = {"train": {"max_steps": 120}}
-    assert stopped_early("TERMINATED", {"train/step": 40}, resolved)
-    assert not stopped_early("TERMINATED", {"train/step": 120}, resolved)
-    assert not stopped_early("TERMINATED", {"train/step": 40, "train/early_stopped": True}, resolved)  # patience
-    assert not stopped_early("ERROR", {"train/step": 40}, resolved)
-    assert not stopped_early("TERMINATED", {"train/step": 40}, {"train": {"max_steps": None}})  # epochs: no scheduler
+    assert stopped_early("TERMINATED", {"train/step": 40}, 120)
+    assert not stopped_early("TERMINATED", {"train/step": 120}, 120)
+    assert not stopped_early("TERMINATED", {"train/step": 40, "train/early_stopped": True}, 120)  # patience
+    assert not stopped_early("ERROR", {"train/step": 40}, 120)
+    assert not stopped_early("TERMINATED", {"train/step": 40}, None)  # epochs: no scheduler
+    # the one "ran to its end" rule that analysis, export --best and the SubLoRA plots use
+    assert ran_to_end("TERMINATED", "") and ran_to_end("TERMINATED", float("nan"))
+    assert not ran_to_end("TERMINATED", "asha") and not ran_to_end("ERROR", "") and not ran_to_end("RUNNING", "")
+    assert [flag("TERMINATED", "asha", False), flag("TERMINATED", "", True), flag("ERROR", "", False),
+            flag("PENDING", "", False), flag("TERMINATED", "", False)] == [
+        "stopped by asha", "early-stopped", "error", "unfinished", ""]
 
 
 def test_analysis_flags_stopped_trials_and_leaves_them_out_of_tables():
-    from analysis.load import _flag
-    from analysis.summary import ran_to_end
+    from analysis.load import ran_to_end
+    from raysweep.experiment.outcome import flag
 
     frame = pd.DataFrame({"status": ["TERMINATED", "TERMINATED", "TERMINATED", "ERROR"],
                           "stopped_by": [None, "asha", None, None],
                           "train/early_stopped": [False, False, True, False]})
-    assert list(frame.apply(_flag, axis=1)) == ["", "stopped by asha", "early-stopped", "error"]
+    flags = [flag(*row) for row in frame[["status", "stopped_by", "train/early_stopped"]].itertuples(index=False)]
+    assert flags == ["", "stopped by asha", "early-stopped", "error"]
     assert list(ran_to_end(frame)) == [True, False, True, False]
     assert list(ran_to_end(frame.drop(columns="stopped_by"))) == [True, True, True, False]  # older trials.csv
 

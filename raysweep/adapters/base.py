@@ -15,6 +15,19 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from raysweep.experiment.layout import PEFT_WEIGHTS
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts of a torch module."""
+    # DeepSpeed ZeRO-3 leaves an empty tensor in a partitioned parameter and its true size in ds_numel
+    def numel(p) -> int:
+        return getattr(p, "ds_numel", None) or p.numel()
+
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(numel(p) for p in model.parameters())
+    return trainable, total
+
 
 class NoOptions(BaseModel):
     """Family-specific keys under `adapter:`; a family without extra keys accepts none."""
@@ -84,7 +97,7 @@ class Adapter:
         """Adapter metrics reported with every result (effective params, sparsity, ...)."""
         from raysweep.experiment import metrics as m
 
-        trainable, total = m.count_parameters(model)
+        trainable, total = count_parameters(model)
         return {
             m.ADAPTER_TRAINABLE_PARAMS: trainable,
             m.ADAPTER_EFFECTIVE_PARAMS: trainable,
@@ -98,7 +111,7 @@ class Adapter:
         if state is not None:
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in state.items()}, str(Path(directory) / "adapter_model.safetensors"))
+            save_file({k: v.contiguous() for k, v in state.items()}, str(Path(directory) / PEFT_WEIGHTS))
 
     def state_dict(self, model) -> dict:
         """Adapter weights only (for in-memory best copies and resume)."""

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from raysweep import config as C
 from raysweep.config.grid import Trial, trial_count
+from raysweep.sweep.resources import trials_at_once
 
 if TYPE_CHECKING:
     from raysweep.offline.estimate import Estimate
@@ -58,7 +59,7 @@ def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial], estimate: 
         console.print(f"at most {res.max_concurrent} at once (resources.max_concurrent)")
     elif not res.gpus_per_worker:
         cpus = os.cpu_count() or 1
-        slots = max(1, int(cpus // (res.cpus_per_worker * res.num_workers)))
+        slots = trials_at_once(res, cpus, 0)
         console.print(f"on this machine ({cpus} CPUs): {slots} trial(s) at once; on a cluster: its CPUs ÷ "
                       f"{res.cpus_per_worker * res.num_workers:g}")
     else:

@@ -54,7 +54,16 @@ def trial_config(base_raw: dict[str, Any], cell: dict[str, Any]) -> dict[str, An
     trial, issues = C.validate_trial(resolve(base_raw, cell))
     if trial is None:
         raise C.ConfigError("trial", issues)
-    return trial.model_dump(mode="json")
+    return run_config(trial)
+
+
+def run_config(trial: C.TrialConfig) -> dict[str, Any]:
+    """The JSON-ready dict the trial layer runs with: the validated config plus the resolved values it
+    needs (executor, GPU memory cap), so that trial/ never imports or re-validates through config/."""
+    config = trial.model_dump(mode="json")
+    config["resources"] |= {"executor": trial.resources.resolved_executor(),
+                            "gpu_memory_fraction": trial.resources.resolved_gpu_memory_fraction()}
+    return config
 
 
 def _subgrids(grid: Any, algorithm: str = "grid") -> tuple[list[dict[str, list]], list[C.ConfigIssue]]:

@@ -1,12 +1,10 @@
-"""Metric names (flat, '/'-namespaced) and the accounting helpers that produce them.
+"""Metric names (flat, '/'-namespaced): constants only.
 
 Every metric key reported by a trial is a constant here, so analysis, the progress table and tests
-agree on names without importing the worker.
+agree on names without importing the training loop.
 """
 
 from __future__ import annotations
-
-import os
 
 TRAIN_LOSS = "train/loss"
 TRAIN_LR = "train/lr"
@@ -98,25 +96,3 @@ ALL_METRICS = (
     BOUND_SEQ_BPD_UNQUANTIZED, BOUND_SEQ_ALPHA, BOUND_SEQ_VACUOUS, BOUND_SEQ_UNITS, BOUND_SEQ_SAMPLED,
     *BOUND_TOPK_METRICS,
 )
-
-
-def memory_mb() -> float:
-    """GPU memory allocated by this process if on CUDA, else the process resident set size."""
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.max_memory_allocated() / 2**20
-    import psutil
-
-    return psutil.Process(os.getpid()).memory_info().rss / 2**20
-
-
-def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameter counts of a torch module."""
-    # DeepSpeed ZeRO-3 leaves an empty tensor in a partitioned parameter and its true size in ds_numel
-    def numel(p) -> int:
-        return getattr(p, "ds_numel", None) or p.numel()
-
-    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
-    total = sum(numel(p) for p in model.parameters())
-    return trainable, total

@@ -612,20 +612,19 @@ def estimate(trials: list[dict[str, Any]], calibrations: dict[str, Calibration],
 
 
 def local_slots(resources) -> int:
-    """Trials at once on a local Ray of this machine, as tune_driver.slots counts them (no Ray started)."""
-    if resources.max_concurrent:
-        return resources.max_concurrent
-    per = resources.num_workers
-    if resources.gpus_per_worker:
-        return max(1, math.floor(len(hardware()["gpus"]) / (resources.gpus_per_worker * per)))
-    return max(1, math.floor((os.cpu_count() or 1) / (resources.cpus_per_worker * per)))
+    """Trials at once on a local Ray of this machine (no Ray started)."""
+    from raysweep.sweep.resources import trials_at_once
+
+    return trials_at_once(resources, os.cpu_count() or 1, len(hardware()["gpus"]))
 
 
 def sweep_trials(trials, search) -> tuple[list[dict[str, Any]], list[int]]:
     """The trial configs in the order Tune starts them (the grid, once per sample) and their cell indices.
     Ranges count at their representative values; Optuna's num_samples trials are assumed to cycle through
     the cells of its lists (which it really picks is learned while it runs)."""
-    configs = [t.config.model_dump(mode="json") for t in trials]
+    from raysweep.config import grid as G
+
+    configs = [G.run_config(t.config) for t in trials]
     if search.algorithm == "optuna":
         picks = [i % len(trials) for i in range(search.num_samples)]
         return [configs[i] for i in picks], [trials[i].index for i in picks]

@@ -35,13 +35,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from raysweep.experiment import layout as L
 from raysweep.experiment import metrics as M
+from raysweep.experiment.layout import EXPORT_INFO, SWEEP_FILE, TRIAL_CONFIG, TRIALS_FILE
 from raysweep.trial import checkpointing
 
-EXPORT_INFO = "export.json"
-SWEEP_FILE = "raysweep.yaml"
-TRIALS_FILE = "trials.csv"
-WEIGHTS = {"best": checkpointing.BEST_ADAPTER_DIR, "final": checkpointing.ADAPTER_DIR}
+WEIGHTS = {"best": L.BEST_ADAPTER_DIR, "final": L.ADAPTER_DIR}
 REFERENCE = {"best": M.EVAL_BEST_LOSS, "final": M.EVAL_LOSS}
 # relative tolerance of the eval-loss check (measured on the builtin model, CPU, LoRA / masked / SoRA).
 # float32: the export evaluates the same weights another way (merged instead of factored, gates folded,
@@ -136,12 +135,12 @@ def resolve_source(path: str | Path, *, best: bool = False, metric: str | None =
                           f"{path} is not one: drop --best to export this trial or checkpoint")
     if metric is not None or mode is not None:
         raise ExportError("--metric and --mode choose the best trial of an experiment: use them with --best")
-    found = checkpointing.find_checkpoints(path)
+    found = L.find_checkpoints(path)
     if len(found) > 1:
         raise ExportError(f"{path} holds the checkpoints of {len(found)} trials; give one trial's directory")
     if not found:
         raise ExportError(f"{path}: not a raysweep checkpoint, trial or experiment directory (no "
-                          f"{checkpointing.TRIAL_CONFIG}, no checkpoint_*/ inside, no {SWEEP_FILE}); give an "
+                          f"{TRIAL_CONFIG}, no checkpoint_*/ inside, no {SWEEP_FILE}); give an "
                           "experiment directory with --best, a trial directory, or a checkpoint_path from "
                           f"{TRIALS_FILE}")
     return Source(found[0], _trial_id(found[0], path))
@@ -149,11 +148,11 @@ def resolve_source(path: str | Path, *, best: bool = False, metric: str | None =
 
 def _trial_id(checkpoint: Path, given: Path) -> str | None:
     for directory in (given, checkpoint.parent):
-        trial_id = checkpointing.last_result(directory).get("trial_id")
+        trial_id = L.last_result(directory).get("trial_id")
         if trial_id:
             return str(trial_id)
-        if directory.name.startswith("train-"):
-            return directory.name.removeprefix("train-")
+        if L.trial_id_of_train_run(directory):
+            return L.trial_id_of_train_run(directory)
     return None
 
 
@@ -161,7 +160,7 @@ def _best_trial(experiment: Path, metric: str | None, mode: str | None) -> Sourc
     import pandas as pd
     import yaml
 
-    from analysis.load import ResultsError, load_trials
+    from analysis.load import ResultsError, load_trials, ran_to_end
     from raysweep.config import SearchConfig
 
     saved = yaml.safe_load((experiment / SWEEP_FILE).read_text()) or {}
@@ -179,8 +178,7 @@ def _best_trial(experiment: Path, metric: str | None, mode: str | None) -> Sourc
         raise ExportError(f"{experiment}: no {TRIALS_FILE}, so which trials finished is unknown; give a trial "
                           "directory instead of --best")
     # a trial a scheduler (asha, median) stopped early did not run its budget: not a candidate
-    stopped = frame.get("flag", pd.Series("", index=frame.index)).fillna("").str.startswith("stopped by")
-    finished = frame[(frame["status"] == "TERMINATED") & ~stopped]
+    finished = frame[ran_to_end(frame)]
     if finished.empty:
         counts = ", ".join(f"{n} {s}" for s, n in frame["status"].fillna("unknown").value_counts().items())
         raise ExportError(f"{experiment}: no finished (TERMINATED) trial ({counts}); resume the experiment or "
@@ -194,11 +192,11 @@ def _best_trial(experiment: Path, metric: str | None, mode: str | None) -> Sourc
         raise ExportError(f"{experiment}: no finished trial has a finite {metric}; choose another --metric")
     row = finished.loc[values.idxmin() if mode == "min" else values.idxmax()]
     found: list[Path] = []
-    recorded = row.get("checkpoint_path")
+    recorded = row.get(M.CHECKPOINT_PATH)
     if isinstance(recorded, str) and recorded and Path(recorded).is_dir():
-        found = checkpointing.find_checkpoints(Path(recorded))
+        found = L.find_checkpoints(Path(recorded))
     if not found and isinstance(row.get("trial_path"), str):
-        found = checkpointing.find_checkpoints(Path(row["trial_path"]))
+        found = L.find_checkpoints(Path(row["trial_path"]))
     if len(found) != 1:
         raise ExportError(f"{experiment}: the best trial {row['trial_id']} ({metric} {values[row.name]:.6g}) has "
                           f"no checkpoint on disk (recorded: {recorded or 'none'}); was the experiment moved "
@@ -226,12 +224,12 @@ def export(path: str | Path, out: str | Path, *, best: bool = False, merged: boo
         raise ExportError(f"--out {out}: exists and is not an empty directory; remove it or choose another")
     checkpoint = source.checkpoint
     adapter_dir = checkpoint / WEIGHTS[weights]
-    if not (adapter_dir / "adapter_config.json").is_file():
+    if not (adapter_dir / L.PEFT_CONFIG).is_file():
         raise ExportError(f"{checkpoint}: no peft adapter in {WEIGHTS[weights]}/; is this a complete raysweep "
                           "checkpoint?")
-    cfg = json.loads((checkpoint / checkpointing.TRIAL_CONFIG).read_text())
+    cfg = json.loads((checkpoint / TRIAL_CONFIG).read_text())
     _preflight(cfg, check)
-    saved_metrics = checkpointing.load_metrics(checkpoint) if (checkpoint / checkpointing.METRICS).is_file() else {}
+    saved_metrics = checkpointing.load_metrics(checkpoint) if (checkpoint / L.METRICS).is_file() else {}
     reference, note = _reference(saved_metrics, weights, cfg)
     dtype = cfg["model"].get("dtype", "float32")
     result = ExportResult(out=out, checkpoint=checkpoint, trial_id=source.trial_id, weights=weights, merged=merged,
@@ -247,7 +245,7 @@ def export(path: str | Path, out: str | Path, *, best: bool = False, merged: boo
     else:
         shutil.copytree(adapter_dir, out, dirs_exist_ok=True)
     _tokenizer(cfg).save_pretrained(str(out))
-    shutil.copy(checkpoint / checkpointing.TRIAL_CONFIG, out / checkpointing.TRIAL_CONFIG)
+    shutil.copy(checkpoint / TRIAL_CONFIG, out / TRIAL_CONFIG)
     _write_info(result, cfg, saved_metrics)  # complete even if the check below crashes
     if check and reference is not None:
         if merged and cfg["model"].get("load_in_4bit"):

@@ -13,7 +13,6 @@ module that talks to Ray.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,7 @@ from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialSchedule
 
 from raysweep.config import grid as G
 from raysweep.experiment import metrics as M
-
-SWEEP_FILE = "raysweep.yaml"  # the resolved grid file, saved in the experiment dir for resume/analysis
-TRIALS_FILE = "trials.csv"  # one row per trial: status, cell, final metrics, checkpoint, error
-TRAIN_RUNS_DIR = "train_runs"  # Ray Train run dirs (checkpoints) inside the experiment dir
+from raysweep.experiment.layout import TRAIN_RUN_PREFIX, TRAIN_RUNS_DIR
 
 
 class TrialFailed(RuntimeError):
@@ -105,7 +101,7 @@ def driver_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any], train_stor
         scaling_config=ScalingConfig(num_workers=res["num_workers"], use_gpu=bool(res["gpus_per_worker"]),
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
-            name=f"train-{tune.get_context().get_trial_id()}",
+            name=f"{TRAIN_RUN_PREFIX}{tune.get_context().get_trial_id()}",
             storage_path=train_storage,
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=res["max_failures"]),
@@ -122,13 +118,11 @@ def slots(sweep_raw: dict[str, Any]) -> int:
     """Trials the connected cluster can hold at once (resources.max_concurrent wins)."""
     import ray
 
+    from raysweep.sweep.resources import trials_at_once
+
     res = G.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
-    if res.max_concurrent:
-        return res.max_concurrent
     cluster = ray.cluster_resources()
-    if res.gpus_per_worker:
-        return max(1, math.floor(cluster.get("GPU", 0) / (res.gpus_per_worker * res.num_workers)))
-    return max(1, math.floor(cluster.get("CPU", 1) / (res.cpus_per_worker * res.num_workers)))
+    return trials_at_once(res, cluster.get("CPU", 1), cluster.get("GPU", 0))
 
 
 _dashboard: bool | None = None  # whether init_ray started a local Ray with its dashboard (None: not known)

@@ -16,11 +16,12 @@ from rich.table import Table
 from rich.text import Text
 
 from raysweep.experiment import metrics as M
+from raysweep.experiment.layout import ERROR_FILE, SWEEP_FILE, TRIALS_FILE
+from raysweep.experiment.outcome import stopped_early
 
-NO_ERROR_FILE = "failed (see the trial's error.txt)"
+NO_ERROR_FILE = f"failed (see the trial's {ERROR_FILE})"
 STATUS_STYLE = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "PENDING": "dim", "PAUSED": "yellow",
                 "INTERRUPTED": "yellow", "STOPPED": "magenta"}
-TRIALS_FILE = "trials.csv"
 STOPPED = "STOPPED"  # shown (never saved as a status) for a trial that a trial scheduler stopped early
 
 
@@ -54,19 +55,6 @@ class TrialRecord:
     def shown_status(self) -> str:
         """The status in tables and log lines: STOPPED for a scheduler-stopped trial (saved as TERMINATED)."""
         return STOPPED if self.stopped_by else self.status
-
-
-def stopped_early(status: str, last: dict[str, Any], resolved: dict[str, Any]) -> bool:
-    """A trial that Tune ended (TERMINATED) before its last step without stopping itself (patience).
-
-    Tune reports a scheduler's stop like a finished trial (`on_trial_complete`), so the trial's own numbers
-    tell them apart: a trial that runs to its end always reports its last step (train.max_steps; schedulers
-    require it), and one that stops itself by patience says so (train/early_stopped)."""
-    max_steps = (resolved.get("train") or {}).get("max_steps")
-    step = last.get(M.TRAIN_STEP)
-    if status != "TERMINATED" or not max_steps or step is None:
-        return False
-    return int(step) < int(max_steps) and last.get(M.TRAIN_EARLY_STOPPED) not in (True, "True", 1)
 
 
 class ProgressCallback(Callback):
@@ -173,7 +161,8 @@ class ProgressCallback(Callback):
         return rec
 
     def _mark_stopped(self, rec: TrialRecord) -> None:
-        rec.stopped_by = self.scheduler() if stopped_early(rec.status, rec.last, rec.resolved) else ""
+        max_steps = (rec.resolved.get("train") or {}).get("max_steps")
+        rec.stopped_by = self.scheduler() if stopped_early(rec.status, rec.last, max_steps) else ""
 
     def scheduler(self) -> str:
         """search.scheduler of this experiment (from its raysweep.yaml), to say who stopped a trial."""
@@ -181,7 +170,7 @@ class ProgressCallback(Callback):
             import yaml
 
             try:
-                saved = yaml.safe_load((Path(self.experiment_path) / "raysweep.yaml").read_text()) or {}
+                saved = yaml.safe_load((Path(self.experiment_path) / SWEEP_FILE).read_text()) or {}
                 self._scheduler = str((saved.get("search") or {}).get("scheduler") or "scheduler")
             except (OSError, yaml.YAMLError):
                 self._scheduler = "scheduler"
@@ -247,7 +236,7 @@ class ProgressCallback(Callback):
         with partial.open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["trial_id", "status", "stopped_by", "adapter.type", "adapter.r", "train.seed",
-                        *[f"cell/{k}" for k in cell_keys], *metric_keys, "checkpoint_path", "error", "trial_path",
+                        *[f"cell/{k}" for k in cell_keys], *metric_keys, M.CHECKPOINT_PATH, "error", "trial_path",
                         "launched_at", "ended_at"])
             for r in self.records.values():
                 w.writerow([r.trial_id, r.status, r.stopped_by, r.resolved["adapter"]["type"], r.resolved["adapter"]["r"],
@@ -324,7 +313,7 @@ def _other_axes(records) -> list[str]:
 
 def read_error(trial_path: str) -> str:
     """The last line of a trial's error file: our TrialFailed reason."""
-    path = Path(trial_path) / "error.txt" if trial_path else None
+    path = Path(trial_path) / ERROR_FILE if trial_path else None
     if not path or not path.is_file():
         return NO_ERROR_FILE
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
@@ -363,6 +352,6 @@ def print_summary(console: Console, records: dict[str, TrialRecord], experiment_
     for r in failed:
         console.print(Text(f"  ERROR {r.trial_id} ({describe(r)}): {r.error}", style="red"))
     console.print(f"experiment: {experiment_path}")
-    console.print(f"trial table: {Path(experiment_path) / 'trials.csv'}")
+    console.print(f"trial table: {Path(experiment_path) / TRIALS_FILE}")
     console.print(f"resume:  python -m raysweep resume {experiment_path}")
     console.print(f"analyze: python -m raysweep analyze {experiment_path}")

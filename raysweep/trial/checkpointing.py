@@ -1,4 +1,4 @@
-"""What a trial checkpoint holds, and reading it back.
+"""Writing a trial checkpoint and reading it back (its file names live in experiment/layout.py).
 
 A checkpoint directory (adapter weights only, small):
   adapter/           current adapter, peft format: PeftModel.from_pretrained(base, "adapter") (gated
@@ -23,13 +23,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-ADAPTER_DIR = "adapter"
-BEST_ADAPTER_DIR = "best_adapter"
-TRAINER_STATE = "trainer_state.pt"
-ADAPTER_STATE = "adapter_state.safetensors"
-BEST_STATE = "best_state.safetensors"
-TRIAL_CONFIG = "trial_config.json"
-METRICS = "metrics.json"
+from raysweep.experiment.layout import (
+    ADAPTER_DIR,
+    ADAPTER_STATE,
+    BEST_ADAPTER_DIR,
+    BEST_STATE,
+    METRICS,
+    PEFT_WEIGHTS,
+    TRAINER_STATE,
+    TRIAL_CONFIG,
+)
 
 
 def save(directory: Path, *, adapter, model, best_state: dict | None, trainer_state: dict[str, Any],
@@ -70,7 +73,7 @@ def load_adapter_state(directory: Path) -> dict:
 
     path = directory / ADAPTER_STATE
     if not path.is_file():  # checkpoints written before the training state was split from the export
-        path = directory / ADAPTER_DIR / "adapter_model.safetensors"
+        path = directory / ADAPTER_DIR / PEFT_WEIGHTS
     return load_file(str(path))
 
 
@@ -79,7 +82,7 @@ def load_best_state(directory: Path) -> dict:
 
     path = directory / BEST_STATE
     if not path.is_file():
-        path = directory / BEST_ADAPTER_DIR / "adapter_model.safetensors"
+        path = directory / BEST_ADAPTER_DIR / PEFT_WEIGHTS
     return load_file(str(path))
 
 
@@ -101,43 +104,3 @@ def load_layer_log(path: Path) -> list[dict]:
 
 def load_metrics(directory: Path) -> dict[str, Any]:
     return json.loads((directory / METRICS).read_text())
-
-
-def find_checkpoints(path: Path) -> list[Path]:
-    """The checkpoint(s) a user means by `path`: a checkpoint directory itself; a trial directory (its
-    latest checkpoint_*); or an experiment directory (every trial's latest checkpoint, from trials.csv)."""
-    path = Path(path).expanduser()
-    if (path / TRIAL_CONFIG).is_file():
-        return [path]
-    if (path / "trials.csv").is_file():
-        with (path / "trials.csv").open() as f:
-            found = [Path(row["checkpoint_path"]) for row in csv.DictReader(f) if row.get("checkpoint_path")]
-        return [p for p in found if (p / TRIAL_CONFIG).is_file()]
-    latest = sorted(p for p in path.glob("checkpoint_*") if (p / TRIAL_CONFIG).is_file())
-    return latest[-1:] or _train_run_checkpoint(path)
-
-
-def last_result(trial_dir: Path) -> dict[str, Any]:
-    """The last result a Tune trial directory recorded (result.json), or {}."""
-    result = Path(trial_dir) / "result.json"
-    lines = [line for line in result.read_text().splitlines() if line.strip()] if result.is_file() else []
-    try:
-        return json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:
-        return {}
-
-
-def _train_run_checkpoint(trial_dir: Path) -> list[Path]:
-    """A Tune trial dir of the `train` executor holds no checkpoint: Ray Train keeps them under
-    <experiment>/train_runs/train-<trial id>/ and reports the path in the trial's results."""
-    last = last_result(trial_dir)
-    candidates = [Path(str(last["checkpoint_path"]))] if last.get("checkpoint_path") else []
-    if last.get("trial_id"):
-        candidates.append(trial_dir.parent / "train_runs" / f"train-{last['trial_id']}")
-    for candidate in candidates:
-        if (candidate / TRIAL_CONFIG).is_file():
-            return [candidate]
-        latest = sorted(p for p in candidate.glob("checkpoint_*") if (p / TRIAL_CONFIG).is_file())
-        if latest:
-            return latest[-1:]
-    return []

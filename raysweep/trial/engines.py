@@ -24,7 +24,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-DEEPSPEED_DIR = "deepspeed"  # inside a trial checkpoint: DeepSpeed's own checkpoint (optimizer shards)
+from raysweep.experiment.layout import DEEPSPEED_DIR
+
 _TAG = "state"  # DeepSpeed checkpoint tag: one per trial checkpoint directory, so a constant
 
 # Adapters each ZeRO stage was checked with: 2 gloo ranks, eval losses equal to DDP's to ~1e-7 relative

@@ -21,6 +21,17 @@ from raysweep.trial.session import Session
 MIN_REPORT_INTERVAL_S = 3.0
 
 
+def memory_mb() -> float:
+    """GPU memory allocated by this process if on CUDA, else the process resident set size."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss / 2**20
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf loss; ends the trial (retrying would repeat it)."""
 
@@ -41,12 +52,6 @@ def setup_runtime(config: dict[str, Any]) -> None:
     # one torch thread per reserved CPU: oversubscribing cores slows concurrent trials down
     torch.set_num_threads(max(1, int(config["resources"]["cpus_per_worker"])))
     set_seed(config["train"]["seed"])
-
-
-def _gpu_memory_fraction(config: dict[str, Any]) -> float | None:
-    from raysweep.config import ResourcesConfig
-
-    return ResourcesConfig(**config["resources"]).resolved_gpu_memory_fraction()
 
 
 def setup_model(config: dict[str, Any], session: Session):
@@ -200,7 +205,7 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     t = config["train"]
     setup_runtime(config)
     strategy = engines.build(config)  # ddp or a DeepSpeed ZeRO engine (resources.strategy)
-    engines.limit_gpu_memory(_gpu_memory_fraction(config), session.device())
+    engines.limit_gpu_memory(config["resources"]["gpu_memory_fraction"], session.device())  # resolved by config.grid
     model, adapter, tokenizer, load_metrics = setup_model(config, session)
     train_set, eval_set = setup_data(config, tokenizer)
     pad_id = tokenizer.pad_token_id
@@ -244,7 +249,7 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     def report(extra: dict[str, Any], with_checkpoint: bool, files: dict[str, Any] | None = None) -> None:
         last_report_time[0] = time.monotonic()
         row = static | last_eval | extra | {
-            M.TRAIN_STEP: state["step"], M.TRAIN_TOKENS: state["tokens"], M.SYS_MEM_MB: M.memory_mb(),
+            M.TRAIN_STEP: state["step"], M.TRAIN_TOKENS: state["tokens"], M.SYS_MEM_MB: memory_mb(),
             M.EVAL_BEST_LOSS: state["best_loss"], M.EVAL_INITIAL_LOSS: state["initial_loss"],
             M.TRAIN_EARLY_STOPPED: state["early_stopped"], M.SYS_TIME: time.time(),
         }
@@ -294,7 +299,7 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
         # to run, and Tune may have lost its earlier results (DESIGN.md pitfalls)
         last_eval.update({k: v for k, v in resumed_metrics.items() if k.startswith("eval/")})
         session.report(resumed_metrics | {k: v for k, v in static.items() if k.startswith("sys/")}
-                       | {M.SYS_TIME: time.time(), M.SYS_MEM_MB: M.memory_mb()})
+                       | {M.SYS_TIME: time.time(), M.SYS_MEM_MB: memory_mb()})
 
     batches = micro_batches(len(train_set), t["batch_size"], t["seed"], session.world_rank,
                             session.world_size, start=state["step"] * t["grad_accum_steps"])

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from raysweep.experiment.metrics import CHECKPOINT_PATH
+
 
 class Session:
     world_rank: int = 0
@@ -137,7 +139,7 @@ class LocalSession(Session):
             dest = self.root / checkpoint_dir.name
             shutil.copytree(checkpoint_dir, dest, dirs_exist_ok=True)
             self.checkpoints.append(dest)
-            metrics["checkpoint_path"] = str(dest)
+            metrics[CHECKPOINT_PATH] = str(dest)
         self.results.append(metrics)
 
     @contextlib.contextmanager

@@ -23,9 +23,10 @@ from raysweep.adapters.base import TrialContext
 from raysweep.adapters.lora import LoraAdapter
 from raysweep.adapters.masked.pruning import IMPORTANCE, check_mask_options
 from raysweep.experiment import metrics as M
+from raysweep.experiment.layout import MASK_VALIDATION_REPORT
 
 MASK_FILE = "raysweep_mask.safetensors"  # saved beside the peft adapter: merging needs it
-VALIDATION_REPORT = "validation_report.json"
+VALIDATION_REPORT = MASK_VALIDATION_REPORT
 PEFT_PREFIX = "base_model.model."
 
 

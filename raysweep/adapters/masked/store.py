@@ -23,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from raysweep.experiment.layout import MASKS_DIR  # noqa: F401 - <storage>/masks/, shared by every sweep there
 from raysweep.inputs.builtin.cache import build_once
 
-MASKS_DIR = "masks"
 MASKS_FILE = "masks.safetensors"
 STATS_FILE = "stats.json"
 HISTOGRAM_FILE = "importance_hist.json"

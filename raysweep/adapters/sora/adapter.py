@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raysweep.adapters.lora import LoraAdapter
 from raysweep.experiment import metrics as M
+from raysweep.experiment.layout import PEFT_WEIGHTS, SPARSITY_LOG
 
 
 class GateOptions(BaseModel):
@@ -59,7 +60,7 @@ class SoraAdapter(LoraAdapter):
     description = "LoRA with a learned gate g between A and B (ΔW = B·diag(g)·A·s), sparsified by a proximal step"
     Options = GateOptions
     use_dora = False
-    LAYER_LOG = "sparsity.csv"  # in every checkpoint: step, overall, one column per adapted module
+    LAYER_LOG = SPARSITY_LOG  # in every checkpoint: step, overall, one column per adapted module
     PROGRESS_COLUMNS = (("λ", "option", "lambda"), ("sparsity", "metric", M.ADAPTER_SPARSITY),
                         ("eff. params", "metric", M.ADAPTER_EFFECTIVE_PARAMS))
 
@@ -159,7 +160,7 @@ class SoraAdapter(LoraAdapter):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config.save_pretrained(str(directory))
-        save_file(tensors, str(directory / "adapter_model.safetensors"))
+        save_file(tensors, str(directory / PEFT_WEIGHTS))
         (directory / "raysweep_export.json").write_text(json.dumps(
             {"from": self.name, "pruned_and_folded": True, "rank_pattern": kwargs["rank_pattern"]}, indent=2))
 

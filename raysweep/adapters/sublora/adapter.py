@@ -45,13 +45,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from raysweep.adapters.base import TrialContext
+from raysweep.adapters.base import TrialContext, count_parameters
 from raysweep.adapters.lora import LoraAdapter
 from raysweep.adapters.sublora.coding import DEFAULT_ALPHAS
 from raysweep.experiment import metrics as M
+from raysweep.experiment.layout import ALLOCATION_LOG, BOUNDS_REPORT, PEFT_WEIGHTS
 
-ALLOCATION_LOG = "allocation.csv"  # learned mode, in every checkpoint: step, overall (mean γ), γ per module
-BOUNDS_REPORT = "bounds.json"  # final checkpoint: the full bound report (sublora_bounds.py)
 EXPORT_INFO = "raysweep_export.json"
 STATE_MODULE = "lora_sublora"  # where α (and θ_split) live in the peft model ("lora_" marks adapter weights)
 ADAPTER = "default"
@@ -368,7 +367,7 @@ class SubloraAdapter(LoraAdapter):
     # --- metrics -----------------------------------------------------------------------------------
     def metrics(self, model) -> dict[str, float]:
         state = subspace(model)
-        trainable, total = M.count_parameters(model)
+        trainable, total = count_parameters(model)
         out = {
             M.ADAPTER_TRAINABLE_PARAMS: trainable,  # d (+ one split logit per module in learned mode)
             M.ADAPTER_EFFECTIVE_PARAMS: state.d,  # the intrinsic dimension: what the bound's message describes
@@ -470,7 +469,7 @@ class SubloraAdapter(LoraAdapter):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config.save_pretrained(str(directory))
-        save_file(tensors, str(directory / "adapter_model.safetensors"))
+        save_file(tensors, str(directory / PEFT_WEIGHTS))
         s = subspace(model)
         (directory / EXPORT_INFO).write_text(json.dumps(
             {"from": self.name, "materialized": True, "intrinsic_dim": s.d, "projected_params": s.projected_params(),

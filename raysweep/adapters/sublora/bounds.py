@@ -32,6 +32,7 @@ import numpy as np
 
 from raysweep.adapters.sublora import coding as B
 from raysweep.experiment import metrics as M
+from raysweep.experiment.layout import BOUNDS_REPORT
 
 SAMPLE_SEED = 0  # the sub-sample of units: fixed, never derived from the data or the training run
 SPLIT_BITS = 32  # per split logit (learned mode), stored as float32
@@ -316,7 +317,7 @@ def bounds_for_checkpoint(checkpoint_dir: Path, **overrides: Any) -> dict[str, A
 
 
 def write_report(directory: Path, report: dict[str, Any]) -> Path:
-    path = Path(directory) / "bounds.json"
+    path = Path(directory) / BOUNDS_REPORT
     path.write_text(json.dumps(report, indent=2, default=float))
     return path
 

@@ -1,0 +1,253 @@
+"""The commands: plan | run | resume | masks | bounds | export | analyze. Each takes the parsed arguments and
+returns an exit code (cli/console.py); user errors raise BadInput."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+
+from raysweep import config as C
+from raysweep.cli.console import EXIT_INTERRUPTED, EXIT_TRIAL_FAILED, BadInput, console, err_console
+from raysweep.cli.preflight import (
+    check_tensorboard,
+    ensure_builtin,
+    load_grid,
+    preflight,
+    storage_root,
+    unique_name,
+)
+from raysweep.config import grid as G
+from raysweep.experiment.layout import SWEEP_FILE
+
+
+def cmd_plan(args) -> int:
+    from raysweep.cli.plan import print_plan
+    from raysweep.offline import estimate
+
+    raw, sweep, trials = load_grid(args.grid, args.overrides)
+    if args.calibrate:  # needs the model and data, like `run`
+        preflight(raw, trials)
+        ensure_builtin(trials)
+    with console.status("calibrating") if args.calibrate else contextlib.nullcontext():
+        est, source = estimate.for_sweep(sweep, trials, calibrate_now=args.calibrate,
+                                         log=lambda m: console.print(m, markup=False, highlight=False))
+    print_plan(console, sweep, trials, est, source)
+    return 0
+
+
+def _finish(callback, raw, experiment_path: str) -> int:
+    from raysweep.sweep.progress import print_summary
+
+    search = C.SearchConfig(**(raw.get("search") or {}))
+    print_summary(console, callback.records, experiment_path, search.metric, search.mode)
+    statuses = {r.status for r in callback.records.values()}
+    if statuses - {"TERMINATED", "ERROR"}:
+        return EXIT_INTERRUPTED
+    return EXIT_TRIAL_FAILED if "ERROR" in statuses else 0
+
+
+def cmd_run(args) -> int:
+    import yaml
+
+    raw, sweep, trials = load_grid(args.grid, args.overrides)
+    preflight(raw, trials, launch=True, address=args.address)
+    if args.name is not None and not re.fullmatch(C.NAME_PATTERN, args.name):  # it becomes one directory
+        raise BadInput(f"--name: {args.name!r} is not an experiment name; use letters, digits, _ . - (first a "
+                       "letter or digit), e.g. --name rank_study-2")
+    check_tensorboard(args)
+    storage = storage_root(args, sweep)
+    name = unique_name(storage, args.name or sweep.name)
+    experiment_path = str(storage / name)
+
+    from raysweep.cli.plan import describe_search
+    from raysweep.sweep import driver
+    from raysweep.sweep.progress import ProgressCallback
+
+    problem = driver.setup_problem(raw, dashboard=not args.no_dashboard, address=args.address)
+    if problem:  # before anything is written, built (the builtin model) or Ray starts
+        raise BadInput(problem)
+    ensure_builtin(trials)
+    try:  # before the experiment directory is written: a sweep that cannot start leaves nothing behind
+        driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
+                             warm_imports=sweep.resources.resolved_executor() == "actor")
+    except ConnectionError as exc:  # e.g. --address auto with no cluster running
+        raise BadInput(f"--address {args.address}: {exc}; start the cluster (`ray start --head`) or fix "
+                       "the address") from None
+    Path(experiment_path).mkdir(parents=True, exist_ok=True)
+    # the resolved executor is part of the experiment: `resume` must rebuild the same trainable even if
+    # what `auto` means changes in a later version
+    saved = dict(raw, name=name, storage=str(storage),
+                 resources={**(raw.get("resources") or {}), "executor": sweep.resources.resolved_executor()})
+    (Path(experiment_path) / SWEEP_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
+    at_once = driver.slots(saved)
+    console.print(f"[bold]{G.trial_count(sweep, trials)} trial(s)[/bold] "
+                  f"({describe_search(sweep.search, len(trials))}), "
+                  f"{at_once} at once, executor {sweep.resources.resolved_executor()} → {experiment_path}")
+    from raysweep.offline.estimate import header_line  # cached calibrations only: `run` never calibrates
+
+    if line := header_line(sweep, trials, at_once):
+        console.print(line)
+    callback = ProgressCallback(experiment_path, lambda cell: G.trial_config(saved, cell), console)
+    try:
+        driver.run(saved, trials, str(storage), name, [callback], at_once, tensorboard=args.tensorboard)
+    except KeyboardInterrupt:
+        callback.write_csv()
+        console.print(f"interrupted; resume with: python -m raysweep resume {experiment_path}")
+        return EXIT_INTERRUPTED
+    finally:
+        driver.shutdown_ray()
+    return _finish(callback, saved, experiment_path)
+
+
+def cmd_resume(args) -> int:
+    from raysweep.sweep import driver
+    from raysweep.sweep.progress import ProgressCallback
+
+    experiment_path = str(Path(os.path.expanduser(args.experiment)).resolve())
+    sweep_file = Path(experiment_path) / SWEEP_FILE
+    if not Path(experiment_path).is_dir():
+        raise BadInput(f"{args.experiment}: no such directory; give the experiment path printed by `raysweep run` "
+                       "(<storage>/<name>)")
+    if not sweep_file.is_file() or not driver.experiment_exists(experiment_path):
+        raise BadInput(f"{args.experiment}: not a raysweep experiment directory (no {SWEEP_FILE} "
+                       "or Tune experiment state); give the path printed by `raysweep run`")
+    check_tensorboard(args)
+    raw, sweep, trials = load_grid(str(sweep_file), [])
+    preflight(raw, trials, launch=True, address=args.address)
+    problem = driver.setup_problem(raw, dashboard=not args.no_dashboard, address=args.address)
+    if problem:
+        raise BadInput(problem)
+    ensure_builtin(trials)
+    driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
+                         warm_imports=driver.executor(raw) == "actor")
+    callback = ProgressCallback(experiment_path, lambda cell: G.trial_config(raw, cell), console)
+    try:
+        driver.resume(experiment_path, raw, [callback], retry_errored=args.retry_errored,
+                           tensorboard=args.tensorboard)
+    except KeyboardInterrupt:
+        callback.write_csv()
+        console.print(f"interrupted; resume with: python -m raysweep resume {experiment_path}")
+        return EXIT_INTERRUPTED
+    finally:
+        driver.shutdown_ray()
+    return _finish(callback, raw, experiment_path)
+
+
+def cmd_masks(args) -> int:
+    from rich.table import Table
+
+    from raysweep.experiment.layout import MASKS_DIR
+    from raysweep.offline.masks import precompute_masks
+
+    raw, sweep, trials = load_grid(args.grid, args.overrides)
+    configs = [G.run_config(t.config) for t in trials]  # ranges at their representative values
+    if not any(c["adapter"]["type"] == "masked" for c in configs):
+        raise BadInput(f"{args.grid}: no trial has adapter.type 'masked', so there are no masks to compute; "
+                       "set adapter.type: masked (or sweep it in the grid)")
+    preflight(raw, trials)
+    ensure_builtin(trials)
+    store = storage_root(args, sweep)
+    with console.status("computing masks"):
+        results = precompute_masks(configs, store)
+    table = Table(title=f"masks in {store / MASKS_DIR}")
+    for column in ("mask", "importance", "sparsity", "achieved", "trials", "", "seconds"):
+        table.add_column(column, justify="left" if column in ("mask", "importance", "") else "right")
+    for r in results:
+        table.add_row(r.mask, r.importance, f"{r.sparsity:g}", f"{r.achieved:.4f}", str(r.trials),
+                      "computed" if r.computed else "already there", f"{r.seconds:.1f}")
+    console.print(table)
+    console.print(f"{sum(r.computed for r in results)} computed, {sum(not r.computed for r in results)} reused; "
+                  f"`raysweep run {args.grid}` with the same storage loads them")
+    return 0
+
+
+def cmd_bounds(args) -> int:
+    import json
+
+    from raysweep.trial import checkpointing
+
+    path = Path(args.path).expanduser()
+    if not path.exists():
+        raise BadInput(f"{args.path}: no such directory; give an experiment, trial or checkpoint directory")
+    checkpoints = [c for c in checkpointing.find_checkpoints(path)
+                   if json.loads((c / checkpointing.TRIAL_CONFIG).read_text())["adapter"]["type"] == "sublora"]
+    if not checkpoints:
+        raise BadInput(f"{args.path}: no checkpoint of a sublora trial found there; bounds apply to "
+                       "adapter.type sublora (give its experiment, trial or checkpoint directory)")
+    from raysweep.adapters.sublora.bounds import bounds_for_checkpoint, summary, write_report
+
+    overrides = {k: v for k, v in {"bound_levels": args.levels, "bound_quantizer": args.quantizer,
+                                   "bound_sample": args.sample, "bound_delta": args.delta}.items() if v is not None}
+    for checkpoint in checkpoints:
+        with console.status(f"bounds of {checkpoint}"):
+            report = bounds_for_checkpoint(checkpoint, **overrides)
+        written = write_report(checkpoint, report)
+        console.print(f"[bold]{checkpoint}[/bold]\n{summary(report)}\nwrote {written}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from raysweep.offline.export import ExportError, export
+
+    try:
+        with console.status(f"exporting to {args.out}"):
+            result = export(args.path, args.out, best=args.best, merged=args.merged, weights=args.weights,
+                            metric=args.metric, mode=args.mode, check=not args.no_check, tolerance=args.tolerance)
+    except ExportError as exc:
+        raise BadInput(str(exc)) from None
+    what = "merged model" if result.merged else "peft adapter"
+    console.print(f"{what} of trial {result.trial_id or '?'} ({result.weights} weights of {result.checkpoint}) "
+                  f"→ {result.out}", markup=False)
+    if result.selection:
+        s = result.selection
+        console.print(f"best of {s['trials_considered']} finished trial(s) by {s['metric']} ({s['mode']}): "
+                      f"{s['value']:.6g}")
+    if result.mask_violations is not None:
+        console.print(f"mask check: {result.mask_violations} of {result.masked_positions} masked weights are "
+                      "not 0 after merging")
+    if result.exported_loss is not None:
+        console.print(f"eval loss: export {result.exported_loss:.6g}, trial {result.reference_metric} "
+                      f"{result.reference_loss:.6g} (relative difference {result.rel_diff:.1e}, "
+                      f"tolerance {result.tolerance:g})", markup=False)
+        if result.note:
+            console.print(result.note, markup=False)
+    elif result.note:
+        console.print(f"eval loss {result.note}", markup=False)
+    if result.passed is False:
+        err_console.print("[bold red]export check failed[/bold red] ", end="")
+        err_console.print("; ".join(result.problems()) + f"; the files are kept in {result.out} (export.json)",
+                          markup=False, highlight=False)
+        return EXIT_TRIAL_FAILED
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from analysis.load import ResultsError, load_trials, print_overview
+    from analysis.pareto import parse_objectives
+    from analysis.summary import write_summaries
+
+    try:
+        frame = load_trials(args.experiment)
+    except ResultsError as exc:
+        raise BadInput(str(exc)) from None
+    out = Path(args.out).expanduser() if args.out else Path(args.experiment).expanduser()
+    print_overview(console, frame, args.experiment, out)
+    if frame.empty:
+        return 0
+    try:
+        objectives = parse_objectives(args.objectives) if args.objectives else None
+        written = write_summaries(frame, out, objectives)
+    except (KeyError, ValueError) as exc:
+        raise BadInput(f"analyze: {exc.args[0] if exc.args else exc}; name metrics as in trials.csv, "
+                       "e.g. --objectives adapter/effective_params:min eval/loss:min") from None
+    front = written["front"]
+    console.print(f"Pareto front ({', '.join(f'{k} {v}' for k, v in written['objectives'].items())}): "
+                  f"{len(front)} of {written['configurations']} configuration(s) are non-dominated; "
+                  f"wrote {written['summary_table']} and {written['pareto']}")
+    if len(written["excluded"]):
+        console.print(f"left out of the front (missing or non-finite objective): {len(written['excluded'])}")
+    if written["unfinished"]:
+        console.print(f"{written['unfinished']} trial(s) not finished: not in the tables")
+    return 0
