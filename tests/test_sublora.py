@@ -16,6 +16,7 @@ import torch
 from raysweep import adapters
 from raysweep.adapters.sublora import adapter as S
 from raysweep.adapters.sublora import coding as B
+from raysweep.adapters.sublora.options import DEFAULT_SPLIT_LR, SubloraOptions
 from raysweep.experiment import metrics as M
 from raysweep.trial import checkpointing
 from raysweep.trial.loop import run_training
@@ -75,9 +76,9 @@ def test_allocation_ratio_is_valid_only_with_fixed_mode():
     assert issues and "d_B = 0" in issues[0].message
     issues = C.validate_adapter_options(C.AdapterConfig(type="sublora", allocation_mode="sideways", bound_levels=0))
     assert {i.path for i in issues} == {"adapter.allocation_mode", "adapter.bound_levels"}
-    opts = S.SubloraOptions(allocation_mode="fixed", intrinsic_dim=1001)
+    opts = SubloraOptions(allocation_mode="fixed", intrinsic_dim=1001)
     assert opts.ratio == 0.5 and opts.sizes() == (501, 500)
-    assert S.SubloraOptions(allocation_mode="fixed", intrinsic_dim=1000, allocation_ratio=0.3).sizes() == (700, 300)
+    assert SubloraOptions(allocation_mode="fixed", intrinsic_dim=1000, allocation_ratio=0.3).sizes() == (700, 300)
 
 
 # ---------------------------------------------------------------------------------- structure and maths
@@ -112,7 +113,7 @@ def test_allocation_sizes(mode, builtin_model_dir):
     groups = adapter.param_groups(model, {"lr": 1e-3, "weight_decay": 0.1})
     assert [g["name"] for g in groups] == (["alpha", "split"] if mode == "learned" else ["alpha"])
     if mode == "learned":
-        assert groups[1]["lr"] == S.DEFAULT_SPLIT_LR and groups[1]["weight_decay"] == 0.0
+        assert groups[1]["lr"] == DEFAULT_SPLIT_LR and groups[1]["weight_decay"] == 0.0
 
 
 @pytest.mark.parametrize("mode", ["uniform", "fixed", "learned"])

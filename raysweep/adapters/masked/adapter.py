@@ -15,44 +15,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any
 
 from raysweep.adapters.base import TrialContext
 from raysweep.adapters.lora import LoraAdapter
-from raysweep.adapters.masked.pruning import IMPORTANCE, check_mask_options
+from raysweep.adapters.masked.options import MaskOptions
 from raysweep.experiment import metrics as M
 from raysweep.experiment.layout import MASK_VALIDATION_REPORT
 
 MASK_FILE = "raysweep_mask.safetensors"  # saved beside the peft adapter: merging needs it
 VALIDATION_REPORT = MASK_VALIDATION_REPORT
 PEFT_PREFIX = "base_model.model."
-
-
-class MaskOptions(BaseModel):
-    """Keys under `adapter:` for the masked adapter (`sparsity`, `importance`, `mask` are grid axes)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sparsity: float = Field(0.5, ge=0, lt=1, description="fraction of each pruned layer's weights set to zero, in [0, 1)")
-    importance: Literal[IMPORTANCE] = Field(  # type: ignore[valid-type]
-        "magnitude", description="weight importance: magnitude |W|, gradient |∇W| or taylor |W·∇W|")
-    mask: str = Field("unstructured", description="unstructured, structured (whole output rows), random, or N:M (e.g. 2:4)")
-    mask_scope: Literal["layer", "global"] = Field(
-        "layer", description="unstructured masks: the sparsity holds per layer, or over all pruned weights together")
-    mask_seed: int = Field(0, description="seed of random masks and of the calibration examples (not train.seed: "
-                                          "trials that differ only in training seed share one mask)")
-    calibration_examples: int = Field(64, gt=0, description="training examples whose mean gradient scores gradient/taylor importance")
-    prune_modules: list[str] | None = Field(
-        None, description="module name suffixes to prune, e.g. [q_proj, v_proj] (null: the adapted linear layers)")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> MaskOptions:
-        problem = check_mask_options(self.mask, self.sparsity, self.mask_scope)
-        if problem:
-            raise ValueError(problem)
-        return self
 
 
 def masked_delta(module, adapter_name: str):

@@ -15,44 +15,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any
 
 from raysweep.adapters.lora import LoraAdapter
+from raysweep.adapters.sora.options import GateOptions
 from raysweep.experiment import metrics as M
 from raysweep.experiment.layout import PEFT_WEIGHTS, SPARSITY_LOG
-
-
-class GateOptions(BaseModel):
-    """Keys under `adapter:` for gated adapters (all may be grid axes, e.g. `adapter.lambda`)."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    lambda_: float = Field(0.1, ge=0, alias="lambda",
-                           description="sparsity strength ξ of the proximal soft threshold on the gates")
-    threshold: Literal["lr_scaled", "absolute"] = Field(
-        "lr_scaled", description="ξ per step: lambda × the gates' current lr (lr_scaled) or lambda itself (absolute)")
-    gate_lr: float | None = Field(None, gt=0, description="learning rate of the gates (null: train.lr); no weight decay")
-    gate_l1: float = Field(0.0, ge=0, description="weight of an optional L1 term gate_l1·Σ|g| added to the loss")
-    lambda_schedule: Literal["constant", "linear", "log_linear", "exp"] = Field(
-        "constant", description="raise lambda from `lambda` to `lambda_final` over training (sparsifying schedule)")
-    lambda_final: float | None = Field(None, gt=0, description="lambda at the end of training (with lambda_schedule)")
-
-    @model_validator(mode="after")
-    def _schedule_has_an_end(self) -> GateOptions:
-        if self.lambda_schedule == "constant" and self.lambda_final is not None:
-            raise ValueError("adapter.lambda_final has no effect with lambda_schedule 'constant'; "
-                             "set adapter.lambda_schedule (linear | log_linear | exp) or remove lambda_final")
-        if self.lambda_schedule != "constant":
-            if self.lambda_final is None:
-                raise ValueError(f"lambda_schedule {self.lambda_schedule!r} needs adapter.lambda_final "
-                                 "(the lambda reached at the end of training)")
-            if self.lambda_final < self.lambda_:
-                raise ValueError("adapter.lambda_final must be ≥ adapter.lambda (the schedule sparsifies: ξ rises)")
-            if self.lambda_schedule == "log_linear" and self.lambda_ <= 0:
-                raise ValueError("lambda_schedule 'log_linear' needs adapter.lambda > 0")
-        return self
 
 
 class SoraAdapter(LoraAdapter):

@@ -41,13 +41,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from typing import Any
 
 from raysweep.adapters.base import TrialContext, count_parameters
 from raysweep.adapters.lora import LoraAdapter
-from raysweep.adapters.sublora.coding import DEFAULT_ALPHAS
+from raysweep.adapters.sublora.options import SubloraOptions
 from raysweep.experiment import metrics as M
 from raysweep.experiment.layout import ALLOCATION_LOG, BOUNDS_REPORT, PEFT_WEIGHTS
 
@@ -55,83 +53,6 @@ EXPORT_INFO = "raysweep_export.json"
 STATE_MODULE = "lora_sublora"  # where α (and θ_split) live in the peft model ("lora_" marks adapter weights)
 ADAPTER = "default"
 PEFT_PREFIX = "base_model.model."
-DEFAULT_SPLIT_LR = 0.01
-
-
-class SubloraOptions(BaseModel):
-    """Keys under `adapter:` for sublora (intrinsic_dim, allocation_mode, allocation_ratio are grid axes)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    intrinsic_dim: int = Field(1000, gt=0, description="d, the dimension of the trained vector α (θ = θ₀ + P·α)")
-    allocation_mode: Literal["uniform", "fixed", "learned"] = Field(
-        "uniform", description="how d is shared between LoRA A and B: uniform (one joint projection), fixed "
-        "(d_B = allocation_ratio·d) or learned (a split per module, trained)")
-    allocation_ratio: float | None = Field(
-        None, gt=0, lt=1, description="allocation_mode fixed only: the share of d given to B, d_B = "
-        "round(ratio·d) (empty: 0.5)")
-    projector: Literal["kron", "kron_qr", "dense"] = Field(
-        "kron", description="random projector P: kron (Gaussian Kronecker factors, any D and d), kron_qr "
-        "(orthonormal factors; needs d ≲ D) or dense (lazy, slow reference for small D)")
-    projector_seed: int = Field(0, description="seed of P; part of the PAC-Bayes prior, so it must not be chosen "
-                                               "from the training data (trials may share it)")
-    split_lr: float = Field(DEFAULT_SPLIT_LR, gt=0, description="learned mode: learning rate of the split logits "
-                            "θ_split (absolute, not × train.lr; no weight decay)")
-    mask_temperature: float = Field(10.0, gt=0, description="learned mode: C in the soft mask σ(C·(γ − i/d)); "
-                                    "larger is sharper (≈0.44·d wide at 10)")
-    bounds: bool = Field(True, description="compute the PAC-Bayes bounds at the end of training (bound/* metrics, "
-                                           "bounds.json in the final checkpoint)")
-    bound_levels: int = Field(11, ge=1, description="quantization levels of α for the bound")
-    bound_quantizer: Literal["uniform", "kmeans"] = Field(
-        "uniform", description="uniform bins (centroid = bin mean) or k-means started from them")
-    bound_delta: float = Field(0.05, gt=0, lt=1, description="confidence δ of every bound")
-    bound_sample: int | None = Field(
-        2000, gt=0, description="units (documents, sequences) evaluated for the empirical risk; fewer than the "
-        "training set gives a sub-sampled bound (empty: all)")
-    bound_alphas: list[float] = Field(
-        list(DEFAULT_ALPHAS), min_length=1, description="grid of prediction-smoothing α for the bits-per-token "
-        "bound (each costs the same ln(len) nats)")
-    bound_top_k: list[int] = Field(list(M.BOUND_DEFAULT_TOP_K), description="k of the top-k error bounds")
-
-    @field_validator("allocation_ratio")
-    @classmethod
-    def _ratio_needs_fixed(cls, value: float | None, info: ValidationInfo) -> float | None:
-        mode = info.data.get("allocation_mode")
-        if value is None or mode is None:
-            return value
-        if mode != "fixed":
-            raise ValueError(f"allocation_ratio applies only to allocation_mode 'fixed' (allocation_mode is "
-                             f"{mode!r}); set adapter.allocation_mode: fixed or remove adapter.allocation_ratio")
-        d = info.data.get("intrinsic_dim")
-        if d is not None and not 1 <= round(value * d) <= d - 1:
-            raise ValueError(f"allocation_ratio {value} with intrinsic_dim {d} gives d_B = {round(value * d)}, "
-                             f"leaving A or B no dimension; use a ratio in [{1 / d:.3g}, {1 - 1 / d:.3g}] or a larger "
-                             "adapter.intrinsic_dim")
-        return value
-
-    @field_validator("bound_alphas")
-    @classmethod
-    def _alphas_in_range(cls, value: list[float]) -> list[float]:
-        bad = [a for a in value if not 0 < a <= 1]
-        if bad:
-            raise ValueError(f"bound_alphas must be in (0, 1], got {bad}")
-        return sorted(set(value))
-
-    @field_validator("bound_top_k")
-    @classmethod
-    def _top_k_positive(cls, value: list[int]) -> list[int]:
-        if any(k < 1 for k in value):
-            raise ValueError(f"bound_top_k values must be >= 1, got {value}")
-        return sorted(set(value))
-
-    @property
-    def ratio(self) -> float:
-        return 0.5 if self.allocation_ratio is None else self.allocation_ratio
-
-    def sizes(self) -> tuple[int, int]:
-        """(d_A, d_B) in fixed mode: d_B = round(ratio·d), d_A = d − d_B."""
-        d_b = round(self.ratio * self.intrinsic_dim)
-        return self.intrinsic_dim - d_b, d_b
 
 
 # ------------------------------------------------------------------------------------------------ torch side

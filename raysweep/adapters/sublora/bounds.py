@@ -286,7 +286,7 @@ def bounds_for_checkpoint(checkpoint_dir: Path, **overrides: Any) -> dict[str, A
     import torch
 
     from raysweep import adapters
-    from raysweep.adapters.sublora.adapter import SubloraOptions
+    from raysweep.adapters.sublora.options import SubloraOptions
     from raysweep.inputs import data, models
     from raysweep.trial import checkpointing
 
