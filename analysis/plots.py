@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.aggregate import config_axes
+from raysweep.experiment.layout import PARETO_FILE
 
 SEED = "cell/train.seed"
 
@@ -56,7 +57,7 @@ def frontier(table: pd.DataFrame, x: str, y: str, on_front: pd.Series, path: Pat
     front = table[on_front.to_numpy()].sort_values(f"{x} mean")
     keys = [f"{i}: {label(row, axes)}" for i, (_, row) in enumerate(front.iterrows(), 1)]
     if len(keys) > FRONT_KEYS:
-        keys = [*keys[:FRONT_KEYS], f"… {len(keys) - FRONT_KEYS} more (pareto.csv)"]
+        keys = [*keys[:FRONT_KEYS], f"… {len(keys) - FRONT_KEYS} more ({PARETO_FILE})"]
     key_h = 0.13 * len(keys) + (0.1 if keys else 0)
     fig, ax = plt.subplots(figsize=(4.8, 3.4 + key_h))
     xm, ym = table[f"{x} mean"], table[f"{y} mean"]

@@ -1,3 +1,4 @@
+# over 400 lines: one figure per function, all of one family's views, sharing their data helpers
 """SubLoRA figures (PNG, paper column width): the learned split γ per module (heatmap and trend over depth),
 compression vs quality (KL or compressed size against empirical BPD, the BPD bound and eval loss), and the
 allocation comparison (doc BPD bound and empirical BPD per allocation and intrinsic dimension d).

@@ -18,11 +18,11 @@ from pathlib import Path
 
 
 def raysweep_loop(steps: int, adapter: str, rank: int, seed: int) -> float:
-    from raysweep.config import grid as G
+    from raysweep import config as G
     from raysweep.trial.loop import run_training
     from raysweep.trial.session import LocalSession
 
-    raw = G.C.read_yaml(Path(__file__).parents[1] / "search_spaces" / "quickstart.yaml")
+    raw = G.read_yaml(Path(__file__).parents[1] / "search_spaces" / "quickstart.yaml")
     cfg = G.trial_config(raw, {"adapter.type": adapter, "adapter.r": rank, "train.seed": seed,
                                    "train.max_steps": steps, "train.eval_every": 10**6})
     with tempfile.TemporaryDirectory() as tmp:

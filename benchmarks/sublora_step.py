@@ -31,12 +31,12 @@ def measure(adapter: str, d: int | None, rank: int, steps: tuple[int, int], seed
 
     import torch
 
-    from raysweep.config import grid as G
+    from raysweep import config as G
     from raysweep.trial.loop import run_training
     from raysweep.trial.session import LocalSession
 
     torch.set_num_threads(1)
-    raw = G.C.read_yaml(ROOT / "search_spaces" / "quickstart.yaml")
+    raw = G.read_yaml(ROOT / "search_spaces" / "quickstart.yaml")
     cell = {"adapter.type": adapter, "adapter.r": rank, "train.seed": seed, "train.eval_every": 10**6}
     if adapter == "sublora":
         cell |= {"adapter.intrinsic_dim": d, "adapter.bounds": False, "train.lr": 0.1}

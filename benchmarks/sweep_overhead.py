@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def bare_times(grid: str, overrides: list[str]) -> list[tuple[str, float]]:
     import torch
 
-    from raysweep.config import grid as G
+    from raysweep import config as G
     from raysweep.trial.loop import run_training
     from raysweep.trial.session import LocalSession
 

@@ -55,7 +55,7 @@ OUT = ROOT / "benchmarks" / "_out"
 
 def one_trial(index: int, overrides: list[str]) -> None:
     """Entry point of the `loop` baseline: one trial of the grid in this fresh process."""
-    from raysweep.config import grid as G
+    from raysweep import config as G
     from raysweep.trial.loop import run_training
     from raysweep.trial.session import LocalSession
 
@@ -68,7 +68,7 @@ def many_trials(indices: list[int], overrides: list[str]) -> None:
     """Entry point of the `warm pair` reference: several trials, one after another, in this process."""
     import torch
 
-    from raysweep.config import grid as G
+    from raysweep import config as G
     from raysweep.trial.loop import run_training
     from raysweep.trial.session import LocalSession
 
@@ -94,7 +94,7 @@ def warm_pair(overrides: list[str], n: int, slots: int) -> float:
 def bare(overrides: list[str]) -> list[float]:
     import torch
 
-    from raysweep.config import grid as G
+    from raysweep import config as G
     from raysweep.trial.loop import run_training
     from raysweep.trial.session import LocalSession
 

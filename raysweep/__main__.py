@@ -78,8 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", default=None, help="where tables go (default: the experiment directory)")
     analyze.add_argument("--objectives", nargs="+", default=None, metavar="METRIC[:min|max]",
                          help="Pareto objectives (default per family: adapter/effective_params:min eval/loss:min; "
-                         "masked: mask/achieved_sparsity:max eval/loss:min; sublora: bound/kl_bits:min "
-                         "bound/bpd_empirical:min)")
+                         "masked: mask/achieved_sparsity:max eval/loss:min; sublora: bound/kl_nats:min "
+                         "bound/doc_bpd_empirical:min; analysis/families.py)")
     return p
 
 

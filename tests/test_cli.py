@@ -119,12 +119,12 @@ def test_the_sweep_driver_and_trial_entry_points_import_no_ml_stack(builtin_mode
         import raysweep.__main__
         from raysweep.cli import preflight as cli
         from raysweep.sweep import progress
-        from raysweep.config import grid as G
+        from raysweep import config as C
         from raysweep.sweep import driver
-        raw, sweep, trials = G.load("search_spaces/quickstart.yaml", [])
+        raw, sweep, trials = C.load("search_spaces/quickstart.yaml", [])
         cli.preflight(raw, trials)
         cli.ensure_builtin(trials)
-        driver.build_trainable(raw, "unused")
+        driver.build_trainable(sweep, raw, "unused")
         import raysweep.trial.loop, raysweep.trial.session, raysweep.inputs.model_cache
         print(sorted(m for m in ("torch", "transformers", "peft", "ray.train.torch") if m in sys.modules))
     """)

@@ -1,4 +1,4 @@
-"""cluster/cluster.yaml (AWS) and cluster/local.yaml: Ray's own validation, offline, and the safety rules.
+"""cluster.yaml (AWS) and cluster/local.yaml: Ray's own validation, offline, and the safety rules.
 
 Ray's cluster-config validation (`prepare_config`: defaults merged as `ray up` does; `validate_config`:
 Ray's JSON schema and node-type checks) is a private API, used through `ray_validated` only. The
@@ -22,7 +22,7 @@ import yaml
 
 from tests.conftest import ROOT
 
-AWS = ROOT / "cluster" / "cluster.yaml"
+AWS = ROOT / "cluster.yaml"
 LOCAL = ROOT / "cluster" / "local.yaml"
 SHARED_MOUNT = "/mnt/shared"
 

@@ -7,7 +7,6 @@ import textwrap
 import pytest
 
 from raysweep import config as C
-from raysweep.config import grid as G
 
 GOOD = """
 name: t
@@ -27,12 +26,12 @@ def write(tmp_path, text: str):
 
 def problems(tmp_path, text: str, overrides=()) -> list[str]:
     with pytest.raises(C.ConfigError) as info:
-        G.load(write(tmp_path, text), list(overrides))
+        C.load(write(tmp_path, text), list(overrides))
     return [str(i) for i in info.value.issues]
 
 
 def test_good_grid_expands_to_the_cartesian_product(tmp_path):
-    _, sweep, trials = G.load(write(tmp_path, GOOD))
+    _, sweep, trials = C.load(write(tmp_path, GOOD))
     assert len(trials) == 8
     assert {(t.config.adapter.type, t.config.adapter.r, t.config.train.seed) for t in trials} == {
         (a, r, s) for a in ("lora", "dora") for r in (4, 8) for s in (0, 1)
@@ -42,7 +41,7 @@ def test_good_grid_expands_to_the_cartesian_product(tmp_path):
 
 
 def test_union_of_subgrids(tmp_path):
-    _, _, trials = G.load(write(tmp_path, """
+    _, _, trials = C.load(write(tmp_path, """
         train: {max_steps: 10}
         grid:
           - {adapter.type: [lora, dora], adapter.r: 16}
@@ -57,7 +56,7 @@ def test_union_of_subgrids(tmp_path):
 
 
 def test_identical_cells_in_two_subgrids_run_once(tmp_path):
-    _, _, trials = G.load(write(tmp_path, """
+    _, _, trials = C.load(write(tmp_path, """
         train: {max_steps: 10}
         grid:
           - {adapter.r: [4, 8]}
@@ -67,7 +66,7 @@ def test_identical_cells_in_two_subgrids_run_once(tmp_path):
 
 
 def test_overrides_fix_an_axis_and_set_values(tmp_path):
-    _, _, trials = G.load(write(tmp_path, GOOD), ["adapter.r=16", "train.max_steps=5", "grid.train.seed=[7]"])
+    _, _, trials = C.load(write(tmp_path, GOOD), ["adapter.r=16", "train.max_steps=5", "grid.train.seed=[7]"])
     assert {t.config.adapter.r for t in trials} == {16}
     assert {t.config.train.seed for t in trials} == {7}
     assert {t.config.train.max_steps for t in trials} == {5}
@@ -75,7 +74,7 @@ def test_overrides_fix_an_axis_and_set_values(tmp_path):
 
 
 def test_no_grid_is_one_trial(tmp_path):
-    _, _, trials = G.load(write(tmp_path, "train: {max_steps: 3}\n"))
+    _, _, trials = C.load(write(tmp_path, "train: {max_steps: 3}\n"))
     assert len(trials) == 1 and trials[0].cell == {}
 
 
@@ -182,7 +181,7 @@ def test_base_error_is_not_repeated_per_cell(tmp_path):
 
 def test_missing_grid_file_names_the_file(tmp_path):
     with pytest.raises(C.ConfigError) as info:
-        G.load(tmp_path / "nope.yaml")
+        C.load(tmp_path / "nope.yaml")
     assert "nope.yaml" in str(info.value) and "does not exist" in str(info.value)
 
 
@@ -190,5 +189,5 @@ def test_every_registered_adapter_is_a_valid_type(tmp_path):
     from raysweep import adapters
 
     for name in adapters.names():
-        _, _, trials = G.load(write(tmp_path, f"train: {{max_steps: 1}}\nadapter: {{type: {name}}}\n"))
+        _, _, trials = C.load(write(tmp_path, f"train: {{max_steps: 1}}\nadapter: {{type: {name}}}\n"))
         assert trials[0].config.adapter.type == name

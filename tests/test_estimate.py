@@ -1,4 +1,4 @@
-"""Time estimates (estimate.py): scheduling arithmetic, device-hours, shape keys, the calibration cache on
+"""Time estimates (offline/estimate/): scheduling arithmetic, device-hours, shape keys, the calibration cache on
 hand-made numbers; one real calibration of the builtin quickstart shape; `plan --calibrate` on the CLI."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from raysweep.config import grid as G
+from raysweep import config as G
 from raysweep.offline import estimate as E
 from tests.conftest import ROOT
 

@@ -5,7 +5,7 @@ where it must.
   in a new process, losing less than one checkpoint interval (both executors);
 - the driver (`python -m raysweep run`) is SIGKILLed mid-sweep: `resume` finishes the sweep; trials that
   Tune had recorded as finished are not touched again, and no reported result is lost;
-- a trial diverges (a real one: lr 1e6 gives a NaN loss at step 2): only that trial fails, naming the
+- a trial diverges (a real one: lr 1e25 gives a NaN loss after one step): only that trial fails, naming the
   non-finite loss; `resume` leaves it failed, `resume --retry-errored` runs it again;
 - a worker node of a 3-node cluster is removed mid-sweep: every trial finishes.
 """
@@ -132,7 +132,7 @@ def test_killed_trial_process_is_retried_from_its_latest_checkpoint(tmp_path, bu
 CHAOS = BASE + """
 name: chaos
 grid:
-  - {train.lr: 1.0e+6}                     # diverges: NaN loss at step 2
+  - {train.lr: 1.0e+25}                    # diverges: NaN loss after one step
   - {train.seed: [0, 1]}
   - {train.seed: 2, train.max_steps: 400}  # still running when the driver is killed
 """
@@ -274,7 +274,7 @@ def test_diverging_trial_fails_with_a_clear_reason_and_the_others_finish(chaos):
     trials = chaos["after_resume"]["trials"]
     [failed] = [r for r in trials.values() if r["status"] == "ERROR"]
     assert "train.lr" in cell_of(Path(failed["trial_path"]))
-    assert re.match(r"NonFiniteLossError: train/loss is (nan|inf) at step \d+ \(lr 1e\+06\)", failed["error"]), failed
+    assert re.match(r"NonFiniteLossError: train/loss is (nan|inf) at step \d+ \(lr 1e\+25\)", failed["error"]), failed
     assert "lower train.lr" in failed["error"]
     assert f"ERROR {failed['trial_id']}" in chaos["resumed"].stdout and "NonFiniteLossError" in chaos["resumed"].stdout
     assert {r["status"] for r in trials.values() if r is not failed} == {"TERMINATED"}
@@ -284,7 +284,7 @@ def test_retry_errored_runs_the_failed_trial_again_and_nothing_else(chaos):
     """`resume --retry-errored` runs the failed trial again as itself (same id and directory; from its latest
     checkpoint, here none: from step 0, its log replaced by the new run's); it diverges again, the same way."""
     proc = chaos["retried"]
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # lr 1e6 diverges again
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # lr 1e25 diverges again
     assert "3 finished, 1 failed, 0 unfinished" in proc.stdout
     rows = {r["trial_id"]: r for r in read_trials(chaos["experiment"])}
     assert rows.keys() == chaos["after_resume"]["trials"].keys()

@@ -73,6 +73,7 @@ def test_fractional_gpus_pack_four_trials_on_one_gpu(tmp_path, builtin_model_dir
     import ray
     from ray import tune
 
+    from raysweep import config as C
     from raysweep.sweep import driver
 
     sweep_raw = {"name": "pack", "data": {"max_seq_len": 32, "max_train_examples": 64, "max_eval_examples": 32},
@@ -97,9 +98,9 @@ def test_fractional_gpus_pack_four_trials_on_one_gpu(tmp_path, builtin_model_dir
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False,
              runtime_env={"env_vars": {"RAYSWEEP_CACHE": os.environ["RAYSWEEP_CACHE"]}})
     try:
-        slots = driver.slots(sweep_raw)
+        slots = driver.slots(C.Sweep(**sweep_raw))
         grid = tune.Tuner(
-            driver.build_trainable(sweep_raw, str(tmp_path / "pack")),
+            driver.build_trainable(C.Sweep(**sweep_raw), sweep_raw, str(tmp_path / "pack")),
             param_space={"cell": tune.grid_search([{"train.seed": s} for s in range(5)])},
             tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(storage_path=str(tmp_path), name="pack", verbose=0, callbacks=[concurrency]),

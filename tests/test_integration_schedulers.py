@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from raysweep.config import grid as G
+from raysweep import config as C
 from tests.test_integration import read_trials, run_cli
 
 MAX_STEPS = 120
@@ -34,10 +34,10 @@ def _result(step: int, eval_step: int, loss: float) -> dict:
 
 
 def _scheduler(**search):
-    from raysweep.sweep import driver
+    from raysweep.sweep import schedulers
 
     raw = {"train": {"max_steps": 100, "eval_every": 10}, "search": search}
-    return driver.build_scheduler(raw)
+    return schedulers.build_scheduler(C.Sweep(**raw))
 
 
 def test_fifo_is_tunes_default_scheduler():
@@ -95,7 +95,7 @@ def test_median_rule_weighs_every_eval_once_however_many_log_reports_repeat_it()
 def test_a_valid_scheduler_config_loads(tmp_path):
     grid = tmp_path / "g.yaml"
     grid.write_text("train: {max_steps: 120, eval_every: 20}\nsearch: {scheduler: asha, grace_period: 40}\n")
-    _, sweep, _ = G.load(grid)
+    _, sweep, _ = C.load(grid)
     assert (sweep.search.scheduler, sweep.search.grace_period, sweep.search.reduction_factor) == ("asha", 40, 3)
     assert sweep.search.resolved_grace_period(120, 20) == 40
     default = sweep.search.model_copy(update={"grace_period": None})
@@ -132,7 +132,10 @@ def test_analysis_flags_stopped_trials_and_leaves_them_out_of_tables():
 
 
 def test_train_executor_schedulers_need_the_dashboard():
-    from raysweep.sweep.driver import setup_problem
+    from raysweep.sweep import driver
+
+    def setup_problem(raw, **kwargs):
+        return driver.setup_problem(C.Sweep(**raw), **kwargs)
 
     raw = {"train": {"max_steps": 100}, "search": {"scheduler": "asha"}, "resources": {"executor": "train"}}
     assert "--no-dashboard" in setup_problem(raw, dashboard=False)

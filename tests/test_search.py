@@ -19,6 +19,7 @@ import yaml
 from raysweep import config as C
 from raysweep.config import grid as G
 from raysweep.config.ranges import Range, parse
+from raysweep.sweep.param_space import param_space, tune_domain
 from tests.test_integration import read_trials, run_cli
 
 BASE = {"name": "s", "model": {"name_or_path": "builtin"}, "data": {"task": "builtin"},
@@ -65,7 +66,7 @@ def test_bad_ranges_say_what_to_write(spec, says):
 def test_integer_ranges_include_their_upper_bound():
     from ray.tune.search.sample import Integer
 
-    domain = Range("randint", (4, 6)).to_tune()
+    domain = tune_domain(Range("randint", (4, 6)))
     assert isinstance(domain, Integer) and (domain.lower, domain.upper) == (4, 7)  # Tune's upper is exclusive
     assert Range("lograndint", (2, 32)).representative() == 8  # geometric middle
     assert Range("loguniform", (1e-4, 1e-2)).representative() == pytest.approx(1e-3)
@@ -107,12 +108,12 @@ def test_trial_count_and_param_space_follow_the_algorithm():
     assert len(trials) == 3 and G.trial_count(sweep, trials) == 6
     # the plan's config of a ranged cell sits inside the range
     assert trials[0].config.train.lr == pytest.approx(1e-3)
-    cells = G.param_space(trials, "random")["cell"]["grid_search"]
+    cells = param_space(trials, "random")["cell"]["grid_search"]
     assert [c["adapter.r"] for c in cells] == [2, 4, 8] and all(isinstance(c["train.lr"], Float) for c in cells)
 
     sweep, trials = _expand({"algorithm": "optuna", "num_samples": 5}, grid)
     assert G.trial_count(sweep, trials) == 5
-    optuna_space = G.param_space(trials, "optuna")["cell"]
+    optuna_space = param_space(trials, "optuna")["cell"]
     assert optuna_space["adapter.r"].categories == [2, 4, 8]
     # a one-value list is a one-option choice: Tune's Optuna adapter would drop a constant from the trial
     assert isinstance(optuna_space["adapter.type"], Categorical) and optuna_space["adapter.type"].categories == ["lora"]
@@ -121,13 +122,13 @@ def test_trial_count_and_param_space_follow_the_algorithm():
 def _optuna_suggestions(search: dict, n: int) -> list[dict]:
     """What Tune's OptunaSearch, built as the driver builds it, suggests for n trials run one at a time,
     each told a result that depends on its config (lr near 3e-3 and small ranks are best)."""
-    from raysweep.sweep import driver
+    from raysweep.sweep import schedulers
 
     grid = {"train.lr": {"loguniform": [1e-4, 1e-1]}, "adapter.r": [2, 4, 8, 16]}
     raw = dict(BASE, search=dict(search, algorithm="optuna", num_samples=n), grid=grid)
-    _, trials = G.expand(raw)
-    searcher = driver.build_search_alg(raw)
-    assert searcher.set_search_properties(None, None, G.param_space(trials, "optuna"))
+    sweep, trials = G.expand(raw)
+    searcher = schedulers.build_search_alg(sweep)
+    assert searcher.set_search_properties(None, None, param_space(trials, "optuna"))
     out = []
     for i in range(n):
         cell = searcher.suggest(f"t{i}")["cell"]

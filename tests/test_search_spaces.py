@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raysweep.config import grid as G
+from raysweep import config as C
 from tests.conftest import ROOT
 
 FILES = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -16,7 +16,7 @@ def test_there_are_search_spaces():
 
 @pytest.mark.parametrize("path", FILES, ids=[f.name for f in FILES])
 def test_search_space_expands(path):
-    raw, sweep, trials = G.load(path)
+    raw, sweep, trials = C.load(path)
     assert trials, f"{path.name} expands to no trials"
     assert len({t.label() for t in trials}) == len(trials)
     header = path.read_text().splitlines()[0]
@@ -24,7 +24,7 @@ def test_search_space_expands(path):
 
 
 def test_quickstart_is_lora_dora_two_ranks_two_seeds():
-    _, _, trials = G.load(ROOT / "search_spaces" / "quickstart.yaml")
+    _, _, trials = C.load(ROOT / "search_spaces" / "quickstart.yaml")
     combos = {(t.config.adapter.type, t.config.adapter.r, t.config.train.seed) for t in trials}
     assert len(trials) == 8 and len(combos) == 8
     assert {c[0] for c in combos} == {"lora", "dora"}

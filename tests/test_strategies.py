@@ -19,7 +19,7 @@ from raysweep.trial.loop import micro_batches
 def load(tmp_path, text: str):
     path = tmp_path / "grid.yaml"
     path.write_text(textwrap.dedent(text))
-    return G.load(path)
+    return C.load(path)
 
 
 def problems(tmp_path, text: str) -> list[str]:

@@ -56,8 +56,8 @@ def test_importing_sublora_and_validating_a_grid_needs_no_torch(tmp_path):
     grid = tmp_path / "g.yaml"
     grid.write_text("train: {max_steps: 5}\nadapter: {type: sublora}\n"
                     "grid: {adapter.intrinsic_dim: [100, 1000], adapter.allocation_mode: [uniform, learned]}\n")
-    code = ("import sys; import raysweep.adapters.sublora.adapter; from raysweep.config import grid as G; "
-            f"_, _, trials = G.load({str(grid)!r}); assert len(trials) == 4, len(trials); "
+    code = ("import sys; import raysweep.adapters.sublora.options; from raysweep import config as C; "
+            f"_, _, trials = C.load({str(grid)!r}); assert len(trials) == 4, len(trials); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -134,12 +134,13 @@ def test_theta_at_alpha_zero_is_the_lora_init_and_the_model_is_the_base_model(mo
 @pytest.mark.parametrize("kind", ["kron", "kron_qr", "dense"])
 def test_rows_of_the_projection_equal_the_full_projection(kind):
     from raysweep.adapters.sublora.projectors import make_projector
+    from raysweep.adapters.sublora.subspace import project_rows
 
     proj = make_projector(kind, 5000, 300, seed=3)
     alpha = torch.randn(300, dtype=torch.float32, requires_grad=True)
     full = proj(alpha)
     for lo, hi in [(0, 1), (0, 5000), (17, 900), (70, 71), (4321, 5000), (1234, 3210)]:
-        rows = S.project_rows(proj, alpha, lo, hi)
+        rows = project_rows(proj, alpha, lo, hi)
         assert torch.allclose(rows, full[lo:hi], atol=1e-6), (lo, hi)
         g = torch.randn(hi - lo)
         (got,) = torch.autograd.grad(rows, alpha, g)
@@ -370,7 +371,7 @@ def test_trial_lowers_eval_loss_and_reports_bounds(uniform_run):
 
 
 def test_bounds_for_checkpoint_reproduces_the_trial_end_numbers(uniform_run):
-    from raysweep.adapters.sublora.bounds import bounds_for_checkpoint
+    from raysweep.offline.bounds import bounds_for_checkpoint
 
     _, session = uniform_run
     final = session.checkpoints[-1]

@@ -1,9 +1,9 @@
 """The interface every adapter family implements.
 
-The worker only talks to this interface: build the adapted model, add a penalty to the loss, act after
-each optimizer step, report extra metrics, save in peft format. Families with learned gates or masks
-(SoRA, SubLoRA, sparse masks) override the hooks; plain peft families use the defaults.
-Adapters never import Ray.
+The training loop (trial/loop.py) only talks to this interface: build the adapted model, add a penalty to
+the loss, act after each optimizer step, report extra metrics, save in peft format. Families with learned
+gates or masks (SoRA, SubLoRA, sparse masks) override the hooks; plain peft families use the defaults.
+Adapters never import Ray. This module imports torch and peft only inside the hooks that use them.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
+from raysweep import adapters
 from raysweep.experiment.layout import PEFT_WEIGHTS
 
 
@@ -29,39 +30,40 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-class NoOptions(BaseModel):
-    """Family-specific keys under `adapter:`; a family without extra keys accepts none."""
-
-    model_config = ConfigDict(extra="forbid")
-
 
 @dataclass
 class TrialContext:
-    """What the worker lends an adapter for `prepare` and `on_train_end` (no Ray objects in here)."""
+    """What the training loop lends an adapter for `prepare` and `on_train_end` (no Ray objects in here)."""
 
     config: dict[str, Any]  # the resolved trial config
-    device: Any  # torch.device of this worker
+    device: Any  # torch.device of this process
     batches: Callable[[int, int], Iterator[dict[str, Any]]]  # (n_examples, seed) -> collated train batches on device
     evaluate: Callable[[Any], dict[str, float]]  # model -> eval metrics over the whole eval split
     store: Path  # a directory shared by all trials of all sweeps on this storage (e.g. masks computed once)
     world_rank: int = 0
-    train_set: Any = None  # the tokenized training examples (data.Example list) as the worker trains on them
+    train_set: Any = None  # the tokenized training examples (data.Example list) as the loop trains on them
+
+
+def parse_options(options: type[BaseModel], cfg: dict[str, Any]) -> BaseModel:
+    """`options` built from the keys of `cfg` it knows (by alias, e.g. `lambda`, or by field name); the
+    common adapter keys (r, alpha, target_modules, ...) are left out."""
+    known = set(options.model_fields) | {f.alias for f in options.model_fields.values() if f.alias}
+    return options(**{k: v for k, v in cfg.items() if k in known})
 
 
 class Adapter:
-    """One adapter family. Subclasses set `name`, `description`, `Options` and implement `build`."""
+    """One adapter family. Subclasses set `name` (their registry name: the options model is the family
+    record's), `description` and implement `build`."""
 
     name: ClassVar[str]
     description: ClassVar[str]
-    Options: ClassVar[type[BaseModel]] = NoOptions
     # file name of the per-module log written into every checkpoint (None: layer_log() is not used)
     LAYER_LOG: ClassVar[str | None] = None
-    # extra columns of the live progress table: (header, "option" | "metric", option key or metric name)
-    PROGRESS_COLUMNS: ClassVar[tuple[tuple[str, str, str], ...]] = ()
 
     def __init__(self, cfg: dict[str, Any]):
         # cfg: the trial's resolved `adapter:` section (common keys + this family's options)
         self.cfg = cfg
+        self.options = parse_options(adapters.family(self.name).Options, cfg)  # this family's options, validated
 
     def build(self, model):
         """Wrap `model` with the adapter; only adapter parameters may require grad afterwards."""

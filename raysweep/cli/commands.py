@@ -19,7 +19,7 @@ from raysweep.cli.preflight import (
     unique_name,
 )
 from raysweep.config import grid as G
-from raysweep.experiment.layout import SWEEP_FILE
+from raysweep.experiment.layout import EXPORT_INFO, SWEEP_FILE, TRIALS_FILE
 
 
 def cmd_plan(args) -> int:
@@ -37,10 +37,9 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _finish(callback, raw, experiment_path: str) -> int:
+def _finish(callback, search: C.SearchConfig, experiment_path: str) -> int:
     from raysweep.sweep.progress import print_summary
 
-    search = C.SearchConfig(**(raw.get("search") or {}))
     print_summary(console, callback.records, experiment_path, search.metric, search.mode)
     statuses = {r.status for r in callback.records.values()}
     if statuses - {"TERMINATED", "ERROR"}:
@@ -65,13 +64,13 @@ def cmd_run(args) -> int:
     from raysweep.sweep import driver
     from raysweep.sweep.progress import ProgressCallback
 
-    problem = driver.setup_problem(raw, dashboard=not args.no_dashboard, address=args.address)
+    problem = driver.setup_problem(sweep, dashboard=not args.no_dashboard, address=args.address)
     if problem:  # before anything is written, built (the builtin model) or Ray starts
         raise BadInput(problem)
     ensure_builtin(trials)
     try:  # before the experiment directory is written: a sweep that cannot start leaves nothing behind
         driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
-                             warm_imports=sweep.resources.resolved_executor() == "actor")
+                        warm_imports=sweep.resources.resolved_executor() == "actor")
     except ConnectionError as exc:  # e.g. --address auto with no cluster running
         raise BadInput(f"--address {args.address}: {exc}; start the cluster (`ray start --head`) or fix "
                        "the address") from None
@@ -81,7 +80,7 @@ def cmd_run(args) -> int:
     saved = dict(raw, name=name, storage=str(storage),
                  resources={**(raw.get("resources") or {}), "executor": sweep.resources.resolved_executor()})
     (Path(experiment_path) / SWEEP_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
-    at_once = driver.slots(saved)
+    at_once = driver.slots(sweep)
     console.print(f"[bold]{G.trial_count(sweep, trials)} trial(s)[/bold] "
                   f"({describe_search(sweep.search, len(trials))}), "
                   f"{at_once} at once, executor {sweep.resources.resolved_executor()} → {experiment_path}")
@@ -91,14 +90,14 @@ def cmd_run(args) -> int:
         console.print(line)
     callback = ProgressCallback(experiment_path, lambda cell: G.trial_config(saved, cell), console)
     try:
-        driver.run(saved, trials, str(storage), name, [callback], at_once, tensorboard=args.tensorboard)
+        driver.run(sweep, saved, trials, str(storage), name, [callback], at_once, tensorboard=args.tensorboard)
     except KeyboardInterrupt:
         callback.write_csv()
         console.print(f"interrupted; resume with: python -m raysweep resume {experiment_path}")
         return EXIT_INTERRUPTED
     finally:
         driver.shutdown_ray()
-    return _finish(callback, saved, experiment_path)
+    return _finish(callback, sweep.search, experiment_path)
 
 
 def cmd_resume(args) -> int:
@@ -116,23 +115,23 @@ def cmd_resume(args) -> int:
     check_tensorboard(args)
     raw, sweep, trials = load_grid(str(sweep_file), [])
     preflight(raw, trials, launch=True, address=args.address)
-    problem = driver.setup_problem(raw, dashboard=not args.no_dashboard, address=args.address)
+    problem = driver.setup_problem(sweep, dashboard=not args.no_dashboard, address=args.address)
     if problem:
         raise BadInput(problem)
     ensure_builtin(trials)
     driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
-                         warm_imports=driver.executor(raw) == "actor")
+                    warm_imports=driver.executor(sweep) == "actor")
     callback = ProgressCallback(experiment_path, lambda cell: G.trial_config(raw, cell), console)
     try:
-        driver.resume(experiment_path, raw, [callback], retry_errored=args.retry_errored,
-                           tensorboard=args.tensorboard)
+        driver.resume(experiment_path, sweep, raw, [callback], retry_errored=args.retry_errored,
+                      tensorboard=args.tensorboard)
     except KeyboardInterrupt:
         callback.write_csv()
         console.print(f"interrupted; resume with: python -m raysweep resume {experiment_path}")
         return EXIT_INTERRUPTED
     finally:
         driver.shutdown_ray()
-    return _finish(callback, raw, experiment_path)
+    return _finish(callback, sweep.search, experiment_path)
 
 
 def cmd_masks(args) -> int:
@@ -176,7 +175,7 @@ def cmd_bounds(args) -> int:
     if not checkpoints:
         raise BadInput(f"{args.path}: no checkpoint of a sublora trial found there; bounds apply to "
                        "adapter.type sublora (give its experiment, trial or checkpoint directory)")
-    from raysweep.adapters.sublora.bounds import bounds_for_checkpoint, summary, write_report
+    from raysweep.offline.bounds import bounds_for_checkpoint, summary, write_report
 
     overrides = {k: v for k, v in {"bound_levels": args.levels, "bound_quantizer": args.quantizer,
                                    "bound_sample": args.sample, "bound_delta": args.delta}.items() if v is not None}
@@ -217,7 +216,7 @@ def cmd_export(args) -> int:
         console.print(f"eval loss {result.note}", markup=False)
     if result.passed is False:
         err_console.print("[bold red]export check failed[/bold red] ", end="")
-        err_console.print("; ".join(result.problems()) + f"; the files are kept in {result.out} (export.json)",
+        err_console.print("; ".join(result.problems()) + f"; the files are kept in {result.out} ({EXPORT_INFO})",
                           markup=False, highlight=False)
         return EXIT_TRIAL_FAILED
     return 0
@@ -240,7 +239,7 @@ def cmd_analyze(args) -> int:
         objectives = parse_objectives(args.objectives) if args.objectives else None
         written = write_summaries(frame, out, objectives)
     except (KeyError, ValueError) as exc:
-        raise BadInput(f"analyze: {exc.args[0] if exc.args else exc}; name metrics as in trials.csv, "
+        raise BadInput(f"analyze: {exc.args[0] if exc.args else exc}; name metrics as in {TRIALS_FILE}, "
                        "e.g. --objectives adapter/effective_params:min eval/loss:min") from None
     front = written["front"]
     console.print(f"Pareto front ({', '.join(f'{k} {v}' for k, v in written['objectives'].items())}): "

@@ -1,6 +1,6 @@
 """`raysweep plan`: the trial table, the count and what each trial asks of the cluster; with a calibration
 (`--calibrate`, or one cached earlier for every trial shape on this machine) also each trial's estimated
-seconds and the sweep's wall time and device-hours (estimate.py)."""
+seconds and the sweep's wall time and device-hours (offline/estimate)."""
 
 from __future__ import annotations
 

@@ -15,10 +15,8 @@ from raysweep.cli.console import BadInput, console
 
 
 def load_grid(grid: str, overrides: list[str]):
-    from raysweep.config import grid as G
-
     try:
-        return G.load(grid, overrides)
+        return C.load(grid, overrides)
     except C.ConfigError as exc:
         raise BadInput(str(exc)) from None
 
@@ -97,15 +95,13 @@ def unique_name(storage: Path, name: str) -> str:
 
 def ensure_builtin(trials) -> None:
     """Create the builtin model/task once, here, rather than racing in every trial."""
-    tasks = {t.config.data.task for t in trials}
-    if any(t.config.model.name_or_path == "builtin" for t in trials) or tasks & {"builtin", "builtin_tokens"}:
-        from raysweep.inputs.builtin import ensure_builtin_model, ensure_builtin_task, ensure_builtin_tokens
+    from raysweep.inputs import sources
 
+    tasks = {t.config.data.task for t in trials}
+    models = {t.config.model.name_or_path for t in trials}
+    if sources.needs_building(models, tasks):
         with console.status("builtin model and task (created on first use, ~1 minute)"):
-            ensure_builtin_model()
-            ensure_builtin_task()
-            if "builtin_tokens" in tasks:
-                ensure_builtin_tokens()
+            sources.build_generated(models, tasks)
 
 
 def storage_root(args, sweep) -> Path:

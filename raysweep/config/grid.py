@@ -1,5 +1,5 @@
-"""Sweep -> trials: expand the grid (a union of sub-grids) into cells, validate every cell,
-and build the Ray Tune param_space.
+"""Sweep -> trials: expand the grid (a union of sub-grids) into cells, validate every cell, and resolve
+the config each trial runs with (sweep/param_space.py turns the cells into Ray Tune's param_space).
 
 Why not Tune's own `grid_search` per key: a sweep is a *union* of cartesian products ("LoRA and DoRA at
 r16; SoRA at λ ∈ {0.1, 0.3, 0.5}"), which one product of independent axes cannot express. We expand
@@ -19,9 +19,18 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from raysweep import config as C
+from raysweep.config import rules
+from raysweep.config.issues import ConfigError, ConfigIssue, suggest
 from raysweep.config.ranges import Range
 from raysweep.config.ranges import parse as parse_range
+from raysweep.config.schema import (
+    SECTIONS_IN_TRIAL,
+    Sweep,
+    TrialConfig,
+    axis_paths,
+    validate_sweep,
+    validate_trial,
+)
 
 
 @dataclass(frozen=True)
@@ -29,7 +38,7 @@ class Trial:
     index: int
     subgrid: int
     cell: dict[str, Any]  # axis key path -> value for this trial
-    config: C.TrialConfig
+    config: TrialConfig
 
     def label(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.cell.items())
@@ -37,7 +46,7 @@ class Trial:
 
 def resolve(base_raw: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     """The raw trial dict: base values with the cell's axis values set at their key paths."""
-    raw = {k: copy.deepcopy(v) for k, v in base_raw.items() if k in C.TrialConfig.model_fields}
+    raw = {k: copy.deepcopy(v) for k, v in base_raw.items() if k in TrialConfig.model_fields}
     for key, value in cell.items():
         node = raw
         parts = key.split(".")
@@ -51,43 +60,45 @@ def resolve(base_raw: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
 
 def trial_config(base_raw: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     """The validated, JSON-ready config one trial runs with (what the worker receives)."""
-    trial, issues = C.validate_trial(resolve(base_raw, cell))
+    trial, issues = validate_trial(resolve(base_raw, cell))
     if trial is None:
-        raise C.ConfigError("trial", issues)
+        raise ConfigError("trial", issues)
     return run_config(trial)
 
 
-def run_config(trial: C.TrialConfig) -> dict[str, Any]:
+def run_config(trial: TrialConfig) -> dict[str, Any]:
     """The JSON-ready dict the trial layer runs with: the validated config plus the resolved values it
-    needs (executor, GPU memory cap), so that trial/ never imports or re-validates through config/."""
+    needs (executor, GPU memory cap, DeepSpeed ZeRO stage: None for ddp), so that trial/ never imports or
+    re-validates through config/."""
     config = trial.model_dump(mode="json")
     config["resources"] |= {"executor": trial.resources.resolved_executor(),
-                            "gpu_memory_fraction": trial.resources.resolved_gpu_memory_fraction()}
+                            "gpu_memory_fraction": trial.resources.resolved_gpu_memory_fraction(),
+                            "zero_stage": rules.zero_stage(trial.resources.strategy)}
     return config
 
 
-def _subgrids(grid: Any, algorithm: str = "grid") -> tuple[list[dict[str, list]], list[C.ConfigIssue]]:
+def _subgrids(grid: Any, algorithm: str = "grid") -> tuple[list[dict[str, list]], list[ConfigIssue]]:
     """Normalise `grid:` to a list of {axis: [values]} (a range is one value, a Range) and check its shape,
     axis names and ranges."""
     if grid in (None, {}, []):
         return [{}], []
     items = grid if isinstance(grid, list) else [grid]
-    known = C.axis_paths()
+    known = axis_paths()
     out, issues = [], []
     for i, sub in enumerate(items):
         where = f"grid[{i}]" if isinstance(grid, list) else "grid"
         if not isinstance(sub, dict) or not sub:
-            issues.append(C.ConfigIssue(where, "a sub-grid is a non-empty mapping of key.path: [values]"))
+            issues.append(ConfigIssue(where, "a sub-grid is a non-empty mapping of key.path: [values]"))
             continue
         axes = {}
         for key, values in sub.items():
             key = str(key)
             if key not in known:
                 section = key.split(".")[0]
-                hint = C._suggest(key, known)
-                if section not in C.SECTIONS_IN_TRIAL:
-                    hint += f" (axes live under {', '.join(s + '.' for s in C.SECTIONS_IN_TRIAL)})"
-                issues.append(C.ConfigIssue(f"{where}.{key}", f"not a key a grid axis can sweep{hint}"))
+                hint = suggest(key, known)
+                if section not in SECTIONS_IN_TRIAL:
+                    hint += f" (axes live under {', '.join(s + '.' for s in SECTIONS_IN_TRIAL)})"
+                issues.append(ConfigIssue(f"{where}.{key}", f"not a key a grid axis can sweep{hint}"))
                 continue
             if isinstance(values, dict):
                 rng, problem = parse_range(values)
@@ -98,10 +109,10 @@ def _subgrids(grid: Any, algorithm: str = "grid") -> tuple[list[dict[str, list]]
                     problem = (f"a range needs search.algorithm random or optuna (it is 'grid'); for a grid give "
                                f"a list of values such as [{rng.representative():.3g}]")
                 if problem:
-                    issues.append(C.ConfigIssue(f"{where}.{key}", problem))
+                    issues.append(ConfigIssue(f"{where}.{key}", problem))
                     continue
                 if algorithm == "optuna" and not all(v is None or isinstance(v, str | int | float) for v in rng.args):
-                    issues.append(C.ConfigIssue(f"{where}.{key}", (
+                    issues.append(ConfigIssue(f"{where}.{key}", (
                         "Optuna chooses among plain values (numbers, strings, booleans); use search.algorithm "
                         "random for a choice of lists or mappings")))
                     continue
@@ -109,21 +120,21 @@ def _subgrids(grid: Any, algorithm: str = "grid") -> tuple[list[dict[str, list]]
                 continue
             values = values if isinstance(values, list) else [values]  # a scalar fixes the key
             if algorithm == "optuna" and not all(v is None or isinstance(v, str | int | float) for v in values):
-                issues.append(C.ConfigIssue(f"{where}.{key}", (
+                issues.append(ConfigIssue(f"{where}.{key}", (
                     "Optuna chooses among plain values (numbers, strings, booleans); this axis has lists or "
                     "mappings: use search.algorithm grid or random for it")))
                 continue
             if not values:
-                issues.append(C.ConfigIssue(f"{where}.{key}", "empty list of values: give at least one"))
+                issues.append(ConfigIssue(f"{where}.{key}", "empty list of values: give at least one"))
                 continue
             axes[key] = values
         out.append(axes)
     return out, issues
 
 
-def expand(base_raw: dict[str, Any]) -> tuple[C.Sweep, list[Trial]]:
+def expand(base_raw: dict[str, Any]) -> tuple[Sweep, list[Trial]]:
     """The validated sweep and all its trials; raises ConfigError listing every problem."""
-    sweep, base_issues = C.validate_sweep(base_raw)
+    sweep, base_issues = validate_sweep(base_raw)
     algorithm = sweep.search.algorithm if sweep else str((base_raw.get("search") or {}).get("algorithm", "grid"))
     subgrids, issues = _subgrids(base_raw.get("grid"), algorithm)
     issues = base_issues + issues
@@ -147,73 +158,42 @@ def expand(base_raw: dict[str, Any]) -> tuple[C.Sweep, list[Trial]]:
                       if cell else "")
             for issue in cell_issues:
                 if (issue.path, issue.message) not in seen_base:
-                    issues.append(C.ConfigIssue(f"{prefix} {issue.path}".strip(), issue.message))
+                    issues.append(ConfigIssue(f"{prefix} {issue.path}".strip(), issue.message))
             if trial is not None:
                 trials.append(Trial(len(trials), g, cell, trial))
     if sweep is not None and sweep.resources.resolved_executor() == "actor":
         kept = sorted({t.config.train.keep_last for t in trials})
         if len(kept) > 1:
-            issues.append(C.ConfigIssue("train.keep_last", (
+            issues.append(ConfigIssue("train.keep_last", (
                 f"the grid gives several values {kept}, but with the actor executor Tune keeps the same number "
                 "of checkpoints for every trial; use one value, or set resources.executor: train")))
     if issues:
-        raise C.ConfigError(str(base_raw.get("name", "grid")), _dedupe(issues))
+        raise ConfigError(str(base_raw.get("name", "grid")), _dedupe(issues))
     return sweep, trials
 
 
-def _validate_cell(base_raw: dict[str, Any], cell: dict[str, Any]) -> tuple[C.TrialConfig | None, list[C.ConfigIssue]]:
+def _validate_cell(base_raw: dict[str, Any], cell: dict[str, Any]) -> tuple[TrialConfig | None, list[ConfigIssue]]:
     """The cell's trial config (ranges at their representative values) and the problems of any value its
     ranges can take (checked at every end of every range)."""
     ranged = [k for k, v in cell.items() if isinstance(v, Range)]
     middle = {k: (v.representative() if isinstance(v, Range) else v) for k, v in cell.items()}
-    trial, issues = C.validate_trial(resolve(base_raw, middle))
+    trial, issues = validate_trial(resolve(base_raw, middle))
     # corners of the ranges' box; capped so a cell with many ranges/choices cannot stall `plan` (8 ranges = 256)
     for ends in itertools.islice(itertools.product(*(cell[k].extremes() for k in ranged)), 256):
         at = dict(zip(ranged, ends, strict=True))
-        _, more = C.validate_trial(resolve(base_raw, middle | at))
+        _, more = validate_trial(resolve(base_raw, middle | at))
         where = ", ".join(f"{k}={v}" for k, v in at.items())
-        issues += [C.ConfigIssue(i.path, f"{i.message} (at {where} of the range)") for i in more if i not in issues]
+        issues += [ConfigIssue(i.path, f"{i.message} (at {where} of the range)") for i in more if i not in issues]
     if issues:
         trial = None
     return trial, list(dict.fromkeys(issues))
 
 
-def trial_count(sweep: C.Sweep, trials: list[Trial]) -> int:
+def trial_count(sweep: Sweep, trials: list[Trial]) -> int:
     """How many trials Tune will run: every cell num_samples times, or optuna's num_samples in total."""
     n = sweep.search.num_samples
     return n if sweep.search.algorithm == "optuna" else len(trials) * n
 
 
-def _dedupe(issues: list[C.ConfigIssue]) -> list[C.ConfigIssue]:
+def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
     return list(dict.fromkeys(issues))
-
-
-def load(path, overrides: list[str] | None = None) -> tuple[dict[str, Any], C.Sweep, list[Trial]]:
-    """Read grid.yaml, apply overrides, validate everything. Returns (raw, sweep, trials)."""
-    raw = C.read_yaml(path)
-    issues = C.apply_overrides(raw, list(overrides or []))
-    if issues:
-        raise C.ConfigError(str(path), issues)
-    try:
-        sweep, trials = expand(raw)
-    except C.ConfigError as exc:
-        raise C.ConfigError(str(path), exc.issues) from None
-    return raw, sweep, trials
-
-
-def param_space(trials: list[Trial], algorithm: str = "grid") -> dict[str, Any]:
-    """Tune param_space: one grid axis over the cells, ranges as Tune domains (see module docstring); for
-    Optuna one mapping of choices and domains (it cannot sample a grid axis)."""
-    from ray import tune
-
-    def domain(value):
-        return value.to_tune() if isinstance(value, Range) else value
-
-    if algorithm != "optuna":
-        return {"cell": tune.grid_search([{k: domain(v) for k, v in t.cell.items()} for t in trials])}
-    space = {}
-    for key in dict.fromkeys(k for t in trials for k in t.cell):
-        values = list(dict.fromkeys(t.cell[key] for t in trials if key in t.cell))
-        # a one-value choice, not a constant: Tune's Optuna adapter drops constants from what it suggests
-        space[key] = domain(values[0]) if isinstance(values[0], Range) else tune.choice(values)
-    return {"cell": space}

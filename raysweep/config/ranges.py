@@ -1,7 +1,7 @@
 """Continuous ranges in a grid file: `train.lr: {loguniform: [1e-5, 1e-3]}` next to list axes.
 
-A range is parsed and checked here, without Ray; `to_tune()` turns it into the Ray Tune domain that
-random search and Optuna sample from. Bounds are inclusive for the integer kinds (Tune's randint
+A range is parsed and checked here, without Ray; sweep/param_space.py turns it into the Ray Tune domain
+that random search and Optuna sample from. Bounds are inclusive for the integer kinds (Tune's randint
 excludes its upper bound, which surprises users reading `{randint: [4, 32]}`).
 """
 
@@ -35,18 +35,6 @@ class Range:
     def extremes(self) -> list[Any]:
         """The values every trial config is validated at (both ends, or every option)."""
         return list(self.args)
-
-    def to_tune(self):
-        from ray import tune
-
-        low_high = self.args
-        return {
-            "uniform": lambda: tune.uniform(*low_high),
-            "loguniform": lambda: tune.loguniform(*low_high),
-            "randint": lambda: tune.randint(low_high[0], low_high[1] + 1),
-            "lograndint": lambda: tune.lograndint(low_high[0], low_high[1] + 1),
-            "choice": lambda: tune.choice(list(self.args)),
-        }[self.kind]()
 
 
 def parse(spec: Any) -> tuple[Range | None, str | None]:

@@ -1,22 +1,21 @@
-"""The schema of grid.yaml: one pydantic model per concern, and `load(path, overrides)`.
+"""The schema of grid.yaml: one pydantic model per concern, the validation of one trial and of a whole sweep,
+and the key paths a grid axis may sweep.
 
-Validation happens before Ray starts. Problems are collected (never the first one only) as
-`ConfigIssue(path, message)` where `path` is the YAML key path a user edits, e.g. `train.lr` or
-`grid[1].adapter.r`; the CLI prints them all and exits 2. Grid expansion lives in space.py.
+Validation happens before Ray starts. Problems are collected (never the first one only) as ConfigIssues
+(config/issues.py); the rules across sections are in config/rules.py, reading the file in config/load.py,
+grid expansion in config/grid.py.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raysweep import adapters
+from raysweep.config import rules
+from raysweep.config.issues import ConfigIssue, pydantic_issues, suggest
 
 SECTIONS_IN_TRIAL = ("model", "data", "train", "adapter")  # what a grid axis may change
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # experiment names: one directory level under storage
@@ -199,89 +198,6 @@ class SearchConfig(_Section):
         return max(1, math.ceil(max_steps / 4 / eval_every)) * eval_every
 
 
-# search keys that only one scheduler reads: setting one for another scheduler is a mistake
-_SCHEDULER_KEYS = {"grace_period": ("asha", "median"), "reduction_factor": ("asha",),
-                   "min_samples_required": ("median",)}
-# with a scheduler, every trial must count the same steps and eval at the same ones (trials are compared
-# at equal steps, on their evals)
-_SCHEDULER_FIXED_AXES = ("train.max_steps", "train.epochs", "train.eval_every")
-
-
-def validate_scheduler(sweep: Sweep, grid: Any) -> list[ConfigIssue]:
-    """The search.scheduler keys against each other, train and the grid axes (all problems at once)."""
-    search, train = sweep.search, sweep.train
-    issues = []
-    for key, owners in _SCHEDULER_KEYS.items():
-        if key in search.model_fields_set and search.scheduler not in owners:
-            issues.append(ConfigIssue(f"search.{key}", (
-                f"applies to search.scheduler {' or '.join(repr(o) for o in owners)}, not {search.scheduler!r}: "
-                f"remove it or set search.scheduler")))
-    if search.scheduler == "fifo":
-        return issues
-    name = repr(search.scheduler)
-    axes = {key for sub in (grid if isinstance(grid, list) else [grid]) if isinstance(sub, dict) for key in sub}
-    for axis in _SCHEDULER_FIXED_AXES:
-        if axis in axes:
-            issues.append(ConfigIssue(f"grid.{axis}", (
-                f"search.scheduler {name} compares trials at the same steps, so every trial needs the same "
-                f"{axis}: set it outside the grid, or use search.scheduler: fifo")))
-    if train.max_steps is None:
-        issues.append(ConfigIssue("search.scheduler", (
-            f"{name} measures trials in optimizer steps: set train.max_steps instead of train.epochs")))
-        return issues
-    grace = search.resolved_grace_period(train.max_steps, train.eval_every)
-    if grace % train.eval_every:
-        up = -(-grace // train.eval_every) * train.eval_every
-        issues.append(ConfigIssue("search.grace_period", (
-            f"{grace} is not a multiple of train.eval_every ({train.eval_every}): the scheduler judges trials "
-            f"on their evals; use e.g. {up}")))
-    if grace >= train.max_steps:
-        what = f"{grace}" if search.grace_period else f"empty, so the first eval after max_steps/4 ({grace}), which"
-        issues.append(ConfigIssue("search.grace_period", (
-            f"{what} is not below train.max_steps ({train.max_steps}): no trial could be stopped; set "
-            "search.grace_period to a smaller multiple of train.eval_every")))
-    return issues
-
-
-def validate_search(sweep: Sweep, grid: Any) -> list[ConfigIssue]:
-    """search.algorithm against its keys (the grid's ranges are checked in space.py, cell by cell)."""
-    search = sweep.search
-    issues = []
-    if search.algorithm == "optuna":
-        if "num_samples" not in search.model_fields_set:
-            issues.append(ConfigIssue("search.num_samples", (
-                "search.algorithm 'optuna' runs num_samples trials in total: set it, e.g. num_samples: 20")))
-        if isinstance(grid, list) and len(grid) > 1:
-            issues.append(ConfigIssue("grid", (
-                "search.algorithm 'optuna' samples one space: give grid as one mapping of key.path: [values] or "
-                "ranges (a list of sub-grids is for algorithm grid or random)")))
-    elif search.objectives is not None:
-        issues.append(ConfigIssue("search.objectives", (
-            f"several objectives need search.algorithm 'optuna' (it is {search.algorithm!r}); rank trials with "
-            "search.metric, or set search.algorithm: optuna")))
-    if search.objectives is not None:
-        known = metric_names()
-        if not search.objectives:
-            issues.append(ConfigIssue("search.objectives", "empty: give metric: min|max pairs, or remove it"))
-        for name in search.objectives:
-            if name not in known:
-                issues.append(ConfigIssue(f"search.objectives.{name}", (
-                    f"not a metric trials report{_suggest(name, known)}; e.g. eval/best_loss, "
-                    "adapter/effective_params")))
-    if "seed" in search.model_fields_set and search.algorithm == "grid":
-        issues.append(ConfigIssue("search.seed", (
-            "search.algorithm 'grid' draws nothing at random; remove search.seed (trial seeds are train.seed) "
-            "or set search.algorithm: random or optuna")))
-    return issues
-
-
-def metric_names() -> list[str]:
-    """The flat metric names of metrics.py (what search.objectives may name)."""
-    from raysweep.experiment import metrics
-
-    return sorted(v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str) and "/" in v)
-
-
 class ResourcesConfig(_Section):
     num_workers: int = Field(1, gt=0, description="Ray Train workers (DDP ranks) per trial")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs each worker reserves (also its torch threads)")
@@ -326,9 +242,7 @@ class ResourcesConfig(_Section):
             raise ValueError(f"resources.strategy {self.strategy!r} runs in Ray Train's worker group: set "
                              "resources.executor to 'train' (or 'auto'), or use resources.strategy: ddp")
         if self.deepspeed_config:
-            from raysweep.trial import engines  # no heavy imports
-
-            problem = engines.deepspeed_config_problem(self.strategy, self.deepspeed_config)
+            problem = rules.deepspeed_config_problem(self.strategy, self.deepspeed_config)
             if problem:
                 raise ValueError(problem)
         if self.gpu_memory_fraction is not None and not self.gpus_per_worker:
@@ -370,216 +284,9 @@ class Sweep(TrialConfig):
     grid: Any = Field(default_factory=dict, description="axes: a mapping key.path -> [values], or a list of them")
 
 
-@dataclass(frozen=True)
-class ConfigIssue:
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-
-class ConfigError(Exception):
-    """All problems of a grid file; `str()` is what the CLI prints."""
-
-    def __init__(self, source: str, issues: list[ConfigIssue]):
-        self.source = source
-        self.issues = issues
-        lines = [f"{source}: {len(issues)} problem(s)"] + [f"  - {i}" for i in issues]
-        super().__init__("\n".join(lines))
-
-
-# ---------------------------------------------------------------------------------------------
-# reading the file and applying overrides
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise ConfigError(str(path), [ConfigIssue("", f"grid file {str(path)!r} {what}; give the path of a grid "
-                                                      "YAML file, e.g. search_spaces/quickstart.yaml")])
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [ConfigIssue("", f"cannot read the grid file ({exc}); save it as UTF-8 "
-                                                      "text you can read")]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(
-            str(path), [ConfigIssue("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")]
-        ) from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(str(path), [ConfigIssue("", "the top level must be a mapping (key: value lines)")])
-    duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
-    if duplicates:
-        raise ConfigError(str(path), duplicates)
-    raw.setdefault("name", path.stem)
-    return raw
-
-
-def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[ConfigIssue]:
-    """Keys given twice in one mapping. PyYAML silently keeps the last one, so `lr: 1e-3` ... `lr: 1e-2`
-    would run a value the user may not have meant; duplicates are an error instead."""
-    issues = []
-    if isinstance(node, yaml.MappingNode):
-        first_line: dict[str, int] = {}
-        for key, value in node.value:
-            name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
-            child = f"{path}.{name}" if path else name
-            line = key.start_mark.line + 1
-            if name in first_line:
-                issues.append(ConfigIssue(child, f"set twice (lines {first_line[name]} and {line}); keep one"))
-            first_line.setdefault(name, line)
-            issues += _duplicate_keys(value, child)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            issues += _duplicate_keys(item, f"{path}[{i}]")
-    return issues
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> list[ConfigIssue]:
-    """Apply `key.path=value` overrides in place (values parsed as YAML).
-
-    `grid.<axis>=[..]` sets that axis in every sub-grid. Overriding a key that is a grid axis
-    (e.g. `adapter.r=8` when the grid sweeps adapter.r) fixes it: the axis is removed.
-    """
-    issues = []
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            issues.append(ConfigIssue(item, "an override is key.path=value, e.g. train.max_steps=50"))
-            continue
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text
-        grid = raw.get("grid")
-        if key.startswith("grid."):
-            axis = key[len("grid."):]
-            if not grid:
-                raw["grid"] = {axis: value}
-            for sub in grid if isinstance(grid, list) else [grid] if isinstance(grid, dict) else []:
-                if isinstance(sub, dict):
-                    sub[axis] = value
-            continue
-        for sub in grid if isinstance(grid, list) else [grid]:
-            if isinstance(sub, dict):
-                sub.pop(key, None)
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
-    return issues
-
-
-# ---------------------------------------------------------------------------------------------
-# validation
-
-
-def _loc_to_path(loc: tuple, prefix: str = "") -> str:
-    parts = [str(p) for p in loc if not str(p).startswith("function-")]
-    path = ".".join(parts)
-    return f"{prefix}.{path}" if prefix and path else (prefix or path)
-
-
-def _field_help(model: type[BaseModel], loc: tuple) -> str | None:
-    """The description of the field at `loc` (used as the 'how to fix' part of a message)."""
-    current: Any = model
-    field = None
-    for part in loc:
-        fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
-            return None
-        field = fields[part]
-        current = field.annotation
-    return field.description if field else None
-
-
-def _model_at(model: type[BaseModel], loc: tuple) -> Any:
-    """The annotation of the field at `loc` (the model itself for an empty loc), or None."""
-    current: Any = model
-    for part in loc:
-        fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
-            return None
-        current = fields[part].annotation
-    return current
-
-
-_TYPE_TAGS = ("str", "int", "float", "bool", "none", "dict", "list")
-
-
-def _is_type_tag(part: Any) -> bool:
-    # pydantic names the union member it tried, e.g. ('target_modules', 'list[str]', 0): a type, not a key
-    text = str(part)
-    return text.startswith("function-") or "[" in text or text in _TYPE_TAGS
-
-
-# names researchers bring from other tools' configs
-_ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
-            "learning_rate": "lr", "steps": "max_steps", "num_epochs": "epochs", "seq_len": "max_seq_len",
-            "model": "name_or_path", "path": "name_or_path", "target": "target_modules"}
-
-
-def _suggest(name: str, candidates: list[str]) -> str:
-    head, _, leaf = name.rpartition(".")
-    alias = f"{head}.{_ALIASES[leaf]}" if head and leaf in _ALIASES else _ALIASES.get(leaf)
-    if alias in candidates:
-        return f"; did you mean {alias!r}?"
-    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.8 if "." in name else 0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def pydantic_issues(model: type[BaseModel], exc: ValidationError, prefix: str = "") -> list[ConfigIssue]:
-    issues = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        path = _loc_to_path(loc, prefix)
-        if err["type"] == "extra_forbidden":
-            parent = model
-            for part in loc[:-1]:
-                fields = getattr(parent, "model_fields", {})
-                parent = fields[part].annotation if part in fields else None
-            known = list(getattr(parent, "model_fields", {}))
-            msg = f"unknown key{_suggest(str(loc[-1]), known)} (valid keys: {', '.join(known)})"
-        elif err["type"] in ("model_type", "dict_type"):  # e.g. `train: 5`; pydantic names our class
-            keys = list(getattr(_model_at(model, loc), "model_fields", {}))[:3]
-            example = f" such as {', '.join(keys)}" if keys else ""
-            fix = "remove the empty key or give its keys" if err.get("input") is None else "indent its keys under it"
-            msg = f"must be a mapping of keys{example} (got {err.get('input')!r}); {fix}"
-        else:
-            union = err["type"] != "value_error" and any(_is_type_tag(p) and "function-" not in str(p) for p in loc)
-            loc = tuple(p for p in loc if not _is_type_tag(p))
-            path = _loc_to_path(loc, prefix)
-            hint = _field_help(model, loc)
-            msg = err["msg"].removeprefix("Value error, ")
-            if union and hint:  # one message for the union, not one per member type tried
-                msg = f"wrong type (got {err.get('input')!r}); expected: {hint}"
-            elif err["type"] not in ("value_error", "assertion_error"):
-                msg += f" (got {err.get('input')!r})"
-                if hint:
-                    msg += f"; expected: {hint}"
-        issues.append(ConfigIssue(path, msg))
-    return list(dict.fromkeys(issues))
-
-
-def option_keys(options: type[BaseModel]) -> list[str]:
-    """The keys a user writes for a family's options (`lambda`, not the Python name `lambda_`)."""
-    return [field.alias or name for name, field in options.model_fields.items()]
-
-
 def validate_adapter_options(adapter: AdapterConfig, prefix: str = "adapter") -> list[ConfigIssue]:
     """Check family-specific keys under `adapter:` against the family's Options model."""
-    family = adapters.get(adapter.type)
+    family = adapters.family(adapter.type)
     extras = dict(adapter.model_extra or {})
     try:
         family.Options(**extras)
@@ -588,9 +295,9 @@ def validate_adapter_options(adapter: AdapterConfig, prefix: str = "adapter") ->
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
-                owners = [n for n in adapters.names() if key in option_keys(adapters.get(n).Options)]
+                owners = [n for n in adapters.names() if key in adapters.family(n).option_keys()]
                 where = f"it applies to: {', '.join(owners)}" if owners else "no adapter has it"
-                common = _suggest(key, list(AdapterConfig.model_fields))
+                common = suggest(key, list(AdapterConfig.model_fields))
                 issues.append(ConfigIssue(
                     f"{prefix}.{key}", f"not an option of adapter {adapter.type!r} ({where}{common})"
                 ))
@@ -613,19 +320,12 @@ def validate_trial(raw: dict[str, Any], prefix: str = "") -> tuple[TrialConfig |
     except ValidationError as exc:
         return None, pydantic_issues(TrialConfig, exc, prefix)
     issues = validate_adapter_options(trial.adapter, f"{prefix}.adapter" if prefix else "adapter")
-    if trial.model.load_in_4bit and trial.adapter.type == "masked":
-        issues.append(ConfigIssue(f"{prefix}.model.load_in_4bit" if prefix else "model.load_in_4bit",
-                                  "adapter 'masked' prunes the base weights (W ⊙ M), which 4-bit loading stores "
-                                  "quantized; set model.load_in_4bit: false, or use lora/dora/sora/sdora/sublora"))
-    from raysweep.trial import engines  # no heavy imports: which adapters each DeepSpeed ZeRO stage runs
-
-    for key, message in engines.problems(trial.resources.strategy, trial.adapter.type, trial.model.load_in_4bit):
-        issues.append(ConfigIssue(f"{prefix}.{key}" if prefix else key, message))
+    issues += rules.trial_problems(trial, prefix)
     return (None if issues else trial), issues
 
 
 def validate_sweep(raw: dict[str, Any]) -> tuple[Sweep | None, list[ConfigIssue]]:
-    """Validate the experiment-level keys and the base trial (the grid is checked in space.py)."""
+    """Validate the experiment-level keys and the base trial (the grid is checked in config/grid.py)."""
     try:
         sweep = Sweep(**raw)
     except ValidationError as exc:
@@ -635,8 +335,8 @@ def validate_sweep(raw: dict[str, Any]) -> tuple[Sweep | None, list[ConfigIssue]
         except (ValidationError, TypeError):
             pass
         return None, issues
-    return sweep, (validate_adapter_options(sweep.adapter) + validate_scheduler(sweep, raw.get("grid"))
-                   + validate_search(sweep, raw.get("grid")))
+    return sweep, (validate_adapter_options(sweep.adapter) + rules.validate_scheduler(sweep, raw.get("grid"))
+                   + rules.validate_search(sweep, raw.get("grid")))
 
 
 def axis_paths() -> list[str]:
@@ -654,5 +354,5 @@ def axis_paths() -> list[str]:
     for section in SECTIONS_IN_TRIAL:
         walk(TrialConfig.model_fields[section].annotation, f"{section}.")
     for name in adapters.names():
-        paths += [f"adapter.{key}" for key in option_keys(adapters.get(name).Options)]
+        paths += [f"adapter.{key}" for key in adapters.family(name).option_keys()]
     return sorted(set(paths))

@@ -27,6 +27,15 @@ SYS_BASE_CACHED = "sys/base_cached"  # the base came from this process's cache (
 SYS_PID = "sys/pid"  # process running the training loop (rank 0)
 SYS_TIME = "sys/time"  # unix time of this report (wall-clock curves, start-up/shutdown benchmarks)
 SYS_NODE_ID = "sys/node_id"  # Ray node that ran the training loop (rank 0): where trials ran on a cluster
+# the trial's own timing, cumulative since run_training started (a resumed trial counts from its resume);
+# `plan --calibrate` reads the single calls' durations back from consecutive reports (offline/estimate)
+SYS_DATA_S = "sys/data_s"  # data set-up: tokenization, or the splits this process cached before
+SYS_EVAL_S = "sys/eval_s"  # seconds in the loop's evaluations of the eval split (not the adapter's own)
+SYS_EVALS = "sys/evals"  # how many evaluations those were
+SYS_CHECKPOINT_S = "sys/checkpoint_s"  # seconds writing checkpoints (not the session's copy into storage)
+SYS_CHECKPOINTS = "sys/checkpoints"  # how many checkpoints those were
+SYS_END_S = "sys/end_s"  # seconds in adapter.on_train_end (SubLoRA bounds, masked validation)
+TRAIN_EXAMPLES = "train/examples"  # examples in the train split (one epoch)
 ADAPTER_TRAINABLE_PARAMS = "adapter/trainable_params"
 ADAPTER_EFFECTIVE_PARAMS = "adapter/effective_params"
 ADAPTER_TOTAL_PARAMS = "adapter/base_params"
@@ -95,4 +104,5 @@ ALL_METRICS = (
     BOUND_DOC_ALPHA, BOUND_DOC_VACUOUS, BOUND_DOC_UNITS, BOUND_DOC_SAMPLED, BOUND_SEQ_BPD, BOUND_SEQ_BPD_EMPIRICAL,
     BOUND_SEQ_BPD_UNQUANTIZED, BOUND_SEQ_ALPHA, BOUND_SEQ_VACUOUS, BOUND_SEQ_UNITS, BOUND_SEQ_SAMPLED,
     *BOUND_TOPK_METRICS,
+    SYS_DATA_S, SYS_EVAL_S, SYS_EVALS, SYS_CHECKPOINT_S, SYS_CHECKPOINTS, SYS_END_S, TRAIN_EXAMPLES,
 )

@@ -1,6 +1,6 @@
 """Per-process caches of the frozen base model and the tokenized data, for trials in reused actors.
 
-With the `actor` executor (DESIGN.md "Per-trial start-up") one Python process runs trial after trial.
+With the `actor` executor (docs/ARCHITECTURE.md, "Executors") one Python process runs trial after trial.
 Loading the base weights from disk and tokenizing the data again for every trial is wasted work (for a
 multi-billion-parameter model it dominates start-up), so the process keeps exactly one base model and
 one tokenized dataset, keyed by everything that determines them, and evicts them when the key changes.
@@ -69,9 +69,9 @@ def identity(model_cfg: dict[str, Any]) -> list:
     if model_cfg["name_or_path"] == models.BUILTIN:
         # the builtin model is generated deterministically per version: the same on every node, whatever its
         # cache path or file times (so nodes of a cluster share one mask)
-        from raysweep.inputs.builtin.model import MODEL_VERSION
+        from raysweep.inputs import sources
 
-        return ["builtin", MODEL_VERSION, model_cfg.get("dtype", "float32")]
+        return ["builtin", sources.builtin_model_version(), model_cfg.get("dtype", "float32")]
     source = models.resolve(model_cfg["name_or_path"])
     return [source, [list(s) for s in stamp(source)], model_cfg.get("dtype", "float32"),
             _quant(model_cfg)]

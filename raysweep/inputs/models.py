@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-BUILTIN = "builtin"
+from raysweep.inputs import sources
+
+BUILTIN = sources.BUILTIN_MODEL
 
 
 def _looks_like_path(name: str) -> bool:
@@ -40,11 +42,23 @@ def check_source(name_or_path: str) -> str | None:
 def resolve(name_or_path: str) -> str:
     """The string to hand to from_pretrained (the builtin model is created on first use)."""
     if name_or_path == BUILTIN:
-        from raysweep.inputs.builtin import ensure_builtin_model
-
-        return str(ensure_builtin_model())
+        return str(sources.builtin_model_dir())
     path = Path(name_or_path).expanduser()
     return str(path) if path.exists() else name_or_path
+
+
+def keep_4bit_weights_as_loaded(model) -> None:
+    """Turn off bitsandbytes' (>= 0.49) CPU inference repacking of 4-bit weights.
+
+    On a CPU with AVX512-BF16, `Linear4bit.forward` under no_grad in eval mode rewrites the weight in place
+    into a CPU-specific layout with bf16 absmax, and `state_dict()` (every adapter save) converts it back by
+    re-quantizing absmax: the base weights change with every eval + save. That breaks the per-process base
+    cache (a trial's view shares the cached quantized weights) and makes a trial's numbers depend on the CPU
+    (tests/test_qlora.py: a cached base gave 5.1612 instead of 5.1736). With the flag off, the generic
+    dequantize + matmul path runs everywhere. The flag is bitsandbytes' own attribute of Linear4bit."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 QUANT_MISSING = ("model.load_in_4bit needs bitsandbytes, which is not installed; install the quant extra "
@@ -93,6 +107,7 @@ def load(model_cfg: dict[str, Any], device=None):
 
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust, quantization_config=quant,
                                                  device_map={"": str(device or "cpu")})
+    keep_4bit_weights_as_loaded(model)
     # QLoRA's k-bit preparation: frozen base, norms and head in float32 for stable training; gradient
     # checkpointing is the trial's own choice (train.gradient_checkpointing), not forced here
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer

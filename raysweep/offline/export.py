@@ -1,3 +1,4 @@
+# over 400 lines: finding the source, exporting and checking the export are one command's steps, each short
 """Export a trial's adapter — as a peft adapter, or merged into the base model — and check it.
 
 `export(path, out)` takes a checkpoint directory, a trial directory (its latest checkpoint) or, with
@@ -215,7 +216,7 @@ def export(path: str | Path, out: str | Path, *, best: bool = False, merged: boo
     directory), as a peft adapter or (`merged`) a merged model, and check its eval loss against the trial's.
     Returns the result whatever the check says (`result.passed`); raises ExportError on user errors."""
     if weights not in WEIGHTS:
-        raise ExportError(f"weights {weights!r}: use 'best' (best_adapter/) or 'final' (adapter/)")
+        raise ExportError(f"weights {weights!r}: use 'best' ({L.BEST_ADAPTER_DIR}/) or 'final' ({L.ADAPTER_DIR}/)")
     if tolerance is not None and not tolerance > 0:
         raise ExportError(f"--tolerance {tolerance}: must be > 0")
     source = resolve_source(path, best=best, metric=metric, mode=mode)
@@ -287,7 +288,7 @@ def _reference(saved: dict[str, Any], weights: str, cfg: dict[str, Any]) -> tupl
     key = REFERENCE[weights]
     value = saved.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None, f"not checked: the checkpoint's metrics.json has no finite {key}"
+        return None, f"not checked: the checkpoint's {L.METRICS} has no finite {key}"
     if weights == "final":
         step, train = saved.get(M.EVAL_STEP), cfg["train"]
         if step is None:  # checkpoints written before eval/step was reported: evals ran on these steps

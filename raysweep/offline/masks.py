@@ -1,8 +1,8 @@
 """`raysweep masks grid.yaml`: compute every pruning mask a sweep will need, before it runs.
 
 Runs in the CLI process (no Ray): for each distinct mask of the grid's `masked` trials it builds the
-trial's model and data exactly as a trial does (loop.setup_*) and calls the adapter's `prepare`, which
-computes the mask into `<storage>/masks/` or finds it there. Trials of a later `raysweep run` with the
+trial's model and data exactly as a trial does (trial/loop.py setup_*) and calls the adapter's `prepare`,
+which computes the mask into `<storage>/masks/` or finds it there. Trials of a later `raysweep run` with the
 same storage then only load masks. Running it is optional: trials compute missing masks on demand.
 """
 
@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raysweep.adapters.base import parse_options
+from raysweep.adapters.masked import store as mask_store
+from raysweep.adapters.masked.options import FAMILY as MASKED
 from raysweep.experiment import metrics as M
-
-# adapter keys that change the mask; the rest (rank, alpha, lr, training seed, ...) never do
-MASK_KEYS = ("sparsity", "importance", "mask", "mask_scope", "mask_seed", "calibration_examples", "prune_modules",
-             "target_modules")
 
 
 @dataclass
@@ -33,8 +32,14 @@ class MaskResult:
 
 
 def mask_identity(config: dict[str, Any]) -> str:
+    """The trial's mask key (`mask_store.mask_key`, the key the trial's adapter will look its mask up by)
+    before its model is built: the pruned layers are not known yet, so what chooses them (target_modules,
+    prune_modules) stands in for their names."""
     a = config["adapter"]
-    return json.dumps([config["model"], config["data"], {k: a.get(k) for k in MASK_KEYS}], sort_keys=True, default=str)
+    options = parse_options(MASKED.Options, a)
+    modules = {"target_modules": a.get("target_modules"), "prune_modules": options.prune_modules}
+    key = mask_store.mask_key(options, config["model"], config["data"], modules)
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def precompute_masks(trial_configs: list[dict[str, Any]], store: Path) -> list[MaskResult]:
@@ -52,7 +57,7 @@ def precompute_masks(trial_configs: list[dict[str, Any]], store: Path) -> list[M
 
     groups: dict[str, list[dict[str, Any]]] = {}
     for cfg in trial_configs:
-        if cfg["adapter"]["type"] == "masked":
+        if cfg["adapter"]["type"] == MASKED.name:
             groups.setdefault(mask_identity(cfg), []).append(cfg)
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,14 +1,19 @@
-"""Build and run the Tuner with one of two executors (`resources.executor`, docs/ARCHITECTURE.md).
+"""Ray's lifecycle and the Tuner: build and run it with one of two executors (`resources.executor`,
+docs/ARCHITECTURE.md).
 
 - `train`: Ray Train V2's supported Tune+Train pattern (`Tuner(TorchTrainer)` is deprecated): Tune runs
   `driver_fn` once per trial; it builds a TorchTrainer whose rank-0 reports reach Tune through
-  `TuneReportCallback`. Needed for multi-worker (DDP) trials; costs ~20 s of process start-up per trial.
+  `TuneReportCallback`. Needed for multi-worker (DDP) trials; costs a Ray Train start-up (worker
+  processes) per trial.
 - `actor`: Tune runs `actor_trial_fn`, the same training loop in the trial's own (reused) Tune actor,
-  which keeps torch imported and the base model cached between trials (model_cache.py).
+  which keeps torch imported and the base model cached between trials (inputs/model_cache.py).
 
 Starting/connecting Ray and building the Tuner happen only here (Ray silently starts a new local cluster
-if called after shutdown, so keep those calls in one place); inside trials, session.py is the only
-module that talks to Ray.
+if called after shutdown, so keep those calls in one place); inside trials, trial/session.py is the only
+module that talks to Ray. Which trials Tune runs and stops: sweep/param_space.py and sweep/schedulers.py.
+
+The driver takes the validated `Sweep`; the raw grid dict travels to the trials, each of which resolves
+its own cell's config from it (config.trial_config).
 """
 
 from __future__ import annotations
@@ -17,11 +22,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
-
-from raysweep.config import grid as G
-from raysweep.experiment import metrics as M
+from raysweep.config import Sweep, Trial, trial_config
 from raysweep.experiment.layout import TRAIN_RUN_PREFIX, TRAIN_RUNS_DIR
+from raysweep.sweep.param_space import param_space
+from raysweep.sweep.schedulers import build_scheduler, build_search_alg
 
 
 class TrialFailed(RuntimeError):
@@ -48,9 +52,9 @@ def _reason(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}"
 
 
-def executor(sweep_raw: dict[str, Any]) -> str:
+def executor(sweep: Sweep) -> str:
     """'actor' or 'train' for this sweep (resources are experiment-level, not grid axes)."""
-    return G.C.ResourcesConfig(**(sweep_raw.get("resources") or {})).resolved_executor()
+    return sweep.resources.resolved_executor()
 
 
 def shared_store(sweep_raw: dict[str, Any]) -> str | None:
@@ -70,7 +74,7 @@ def actor_trial_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any]) -> No
     from raysweep.trial.loop import run_training
     from raysweep.trial.session import TuneSession
 
-    trial = G.trial_config(sweep_raw, cell_config["cell"]) | {"_store": shared_store(sweep_raw)}
+    trial = trial_config(sweep_raw, cell_config["cell"]) | {"_store": shared_store(sweep_raw)}
     try:
         run_training(trial, TuneSession())
     except Exception as exc:  # noqa: BLE001 - re-raised with the root cause as a one-line reason
@@ -88,7 +92,7 @@ def driver_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any], train_stor
 
     from raysweep.trial.loop import train_fn_per_worker
 
-    trial = G.trial_config(sweep_raw, cell_config["cell"]) | {"_store": shared_store(sweep_raw)}
+    trial = trial_config(sweep_raw, cell_config["cell"]) | {"_store": shared_store(sweep_raw)}
     res = trial["resources"]
     per_worker = {"CPU": res["cpus_per_worker"]}
     if res["gpus_per_worker"]:
@@ -114,33 +118,32 @@ def driver_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any], train_stor
         raise TrialFailed(_reason(exc)) from exc
 
 
-def slots(sweep_raw: dict[str, Any]) -> int:
+def slots(sweep: Sweep) -> int:
     """Trials the connected cluster can hold at once (resources.max_concurrent wins)."""
     import ray
 
     from raysweep.sweep.resources import trials_at_once
 
-    res = G.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
     cluster = ray.cluster_resources()
-    return trials_at_once(res, cluster.get("CPU", 1), cluster.get("GPU", 0))
+    return trials_at_once(sweep.resources, cluster.get("CPU", 1), cluster.get("GPU", 0))
 
 
 _dashboard: bool | None = None  # whether init_ray started a local Ray with its dashboard (None: not known)
 _owned = False  # init_ray called ray.init here (a Ray someone else started is left running)
 
 
-def setup_problem(sweep_raw: dict[str, Any], dashboard: bool | None, address: str | None = None) -> str | None:
+def setup_problem(sweep: Sweep, dashboard: bool | None, address: str | None = None) -> str | None:
     """Why this sweep cannot run on this Ray setup, or None.
 
     A trial scheduler stopping a `train`-executor trial ends the trial's driver process; its TorchTrainer
     controller dies with it, and Ray Train's PlacementGroupCleaner frees the workers' placement group by
     polling the controller's state through the dashboard's state API. Without the dashboard a stopped
-    trial's placement group can stay reserved: on Ray 2.60 here one of two such sweeps hung with no CPU
-    free and its next trial's group pending, the other ran 40 s slower (DESIGN.md pitfalls). Trials of the `actor` executor
-    stop inside their own process and need nothing of this.
+    trial's placement group can stay reserved (Ray 2.60): a sweep can hang with no CPU free and its next
+    trial's group pending (docs/ARCHITECTURE.md). Trials of the `actor` executor stop inside their own
+    process and need nothing of this.
     """
-    search = G.C.SearchConfig(**(sweep_raw.get("search") or {}))
-    if search.scheduler != "fifo" and executor(sweep_raw) == "train" and dashboard is False and not address:
+    search = sweep.search
+    if search.scheduler != "fifo" and executor(sweep) == "train" and dashboard is False and not address:
         return (f"search.scheduler {search.scheduler!r} with resources.executor 'train' needs the Ray dashboard "
                 "(Ray Train frees a stopped trial's workers through it; without it the sweep hangs): run "
                 "without --no-dashboard, or use resources.executor: actor (1-worker trials)")
@@ -153,7 +156,7 @@ class SetupError(RuntimeError):
 
 def init_ray(address: str | None, dashboard: bool = True, verbose: bool = False, warm_imports: bool = False) -> None:
     """Start a local Ray (or join `address`). `warm_imports` (the actor executor): every trial actor of a
-    local Ray starts importing the training stack the moment its process starts (raysweep/warmup.py)."""
+    local Ray starts importing the training stack the moment its process starts (sweep/warmup.py)."""
     import ray
 
     global _dashboard, _owned
@@ -163,7 +166,7 @@ def init_ray(address: str | None, dashboard: bool = True, verbose: bool = False,
     address = address or os.environ.get("RAY_ADDRESS") or None
     _dashboard = None if address else dashboard
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Ray Tune's own progress output is replaced by ours (progress.py)
+    # Ray Tune's own progress output is replaced by ours (sweep/progress.py)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "ERROR"}
     _owned = True
@@ -203,11 +206,13 @@ def shutdown_ray() -> None:
     ray.shutdown()
 
 
-def build_trainable(sweep_raw: dict[str, Any], experiment_path: str):
+def build_trainable(sweep: Sweep, sweep_raw: dict[str, Any], experiment_path: str):
+    """Tune's trainable for this sweep; `sweep_raw` (the grid dict `sweep` was validated from) goes to every
+    trial, which resolves its cell's config from it."""
     from ray import tune
 
-    if executor(sweep_raw) == "actor":
-        res = G.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
+    if executor(sweep) == "actor":
+        res = sweep.resources
         request = {"cpu": res.cpus_per_worker} | ({"gpu": res.gpus_per_worker} if res.gpus_per_worker else {})
         return tune.with_resources(tune.with_parameters(actor_trial_fn, sweep_raw=sweep_raw), request)
     trainable = tune.with_parameters(
@@ -216,101 +221,6 @@ def build_trainable(sweep_raw: dict[str, Any], experiment_path: str):
     # The driver only waits on its TorchTrainer; by default it would reserve a CPU, which deadlocks a
     # 2-CPU machine (workers never start). CPU 0 alone is rejected, so reserve a token of memory.
     return tune.with_resources(trainable, {"cpu": 0, "memory": 1})
-
-
-# --------------------------------------------------------------------------------------------------
-# trial schedulers (search.scheduler): they judge trials on their evals only
-
-
-class _JudgeOnEvals:
-    """Hands a Tune scheduler one result per eval, timed by `eval/step`.
-
-    Every report of a trial carries its latest eval numbers, but log-only reports between evals repeat
-    them (`eval/step` says when they were measured), and how many log reports fall between two evals
-    depends on wall time (worker.MIN_REPORT_INTERVAL_S). So the scheduler's time attribute is `eval/step`
-    (the metric and its time always belong together) and it sees only a result whose eval it has not
-    seen: ASHA records a trial at a rung from the eval at that step (config.validate_scheduler keeps
-    rungs on evals), and the median rule's running means weigh every eval once. A trial is never stopped
-    at its last step (it is ending anyway) and never paused (the median rule pauses trials that lack
-    comparisons while others wait; here they just continue).
-    """
-
-    def _init_evals(self, max_steps: int) -> None:
-        self._max_steps = max_steps
-        self._judged: dict[str, float] = {}  # trial id -> the eval step last passed to the scheduler
-
-    def _new_eval(self, trial, result: dict) -> bool:
-        step = result.get(M.EVAL_STEP)
-        if step is None or step <= self._judged.get(trial.trial_id, -1):
-            return False
-        self._judged[trial.trial_id] = step
-        return True
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if not self._new_eval(trial, result):
-            return TrialScheduler.CONTINUE
-        action = super().on_trial_result(tune_controller, trial, result)
-        if action == TrialScheduler.STOP and result[M.EVAL_STEP] < self._max_steps:
-            return action
-        return TrialScheduler.CONTINUE
-
-    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        # Tune passes the last result again; the schedulers would count an eval they have seen twice
-        if self._new_eval(trial, result):
-            super().on_trial_complete(tune_controller, trial, result)
-
-
-def build_scheduler(sweep_raw: dict[str, Any]):
-    """The Tune scheduler of `search.scheduler` (None: Tune's FIFO), deciding on `search.metric`."""
-    search = G.C.SearchConfig(**(sweep_raw.get("search") or {}))
-    if search.scheduler == "fifo":
-        return None
-    train = G.C.TrainConfig(**(sweep_raw.get("train") or {"max_steps": 200}))
-    grace = search.resolved_grace_period(train.max_steps, train.eval_every)
-    common = {"time_attr": M.EVAL_STEP, "metric": search.metric, "mode": search.mode, "grace_period": grace}
-    if search.scheduler == "asha":
-        scheduler = _EvalASHA(max_t=train.max_steps, reduction_factor=search.reduction_factor, brackets=1,
-                              stop_last_trials=False, **common)
-    else:
-        scheduler = _EvalMedianStopping(min_samples_required=search.min_samples_required, hard_stop=True, **common)
-    scheduler._init_evals(train.max_steps)  # noqa: SLF001 - our own mixin
-    return scheduler
-
-
-class _EvalASHA(_JudgeOnEvals, ASHAScheduler):
-    pass
-
-
-class _EvalMedianStopping(_JudgeOnEvals, MedianStoppingRule):
-    pass
-
-
-# --------------------------------------------------------------------------------------------------
-# search algorithms (search.algorithm)
-
-
-def build_search_alg(sweep_raw: dict[str, Any]):
-    """The Tune searcher of `search.algorithm` (None: Tune's default grid/variant generator).
-
-    random: Tune's variant generator with a seeded random state (the grid's cells in order, each range
-    drawn per cell and sample). optuna: Optuna's TPE sampler through Tune's OptunaSearch, seeded, on
-    search.metric/mode or on several search.objectives (multi-objective TPE); it is told each trial's last
-    result, so it learns from finished trials and from trials an early-stopping scheduler ended.
-    """
-    search = G.C.SearchConfig(**(sweep_raw.get("search") or {}))
-    if search.algorithm == "grid":
-        return None
-    if search.algorithm == "random":
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
-        return BasicVariantGenerator(random_state=search.seed)
-    from ray.tune.search.optuna import OptunaSearch
-
-    if search.objectives and len(search.objectives) > 1:
-        metric, mode = list(search.objectives), list(search.objectives.values())
-    else:
-        metric, mode = next(iter((search.objectives or {search.metric: search.mode}).items()))
-    return OptunaSearch(metric=metric, mode=mode, seed=search.seed)
 
 
 def _trial_dirname(trial) -> str:
@@ -324,32 +234,32 @@ def _trial_dirname(trial) -> str:
 def _with_loggers(callbacks: list, tensorboard: bool) -> list:
     """Tune's per-trial result.json and progress.csv (what analysis and users read), plus TensorBoard event
     files only when asked: Tune adds its TensorBoard logger whenever tensorboardX is installed (ray[tune]
-    installs it), and that logger imports torch into the driver at start-up, ~1.2 s before the first trial
-    can start here (benchmarks/RESULTS.md (c))."""
+    installs it), and that logger imports torch into the driver at start-up, delaying the first trial
+    (benchmarks/RESULTS.md (c))."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # else Tune appends the missing defaults
     return [*callbacks, CSVLoggerCallback(), JsonLoggerCallback(), *([TBXLoggerCallback()] if tensorboard else [])]
 
 
-def run(sweep_raw: dict[str, Any], trials: list[G.Trial], storage: str, name: str, callbacks: list,
+def run(sweep: Sweep, sweep_raw: dict[str, Any], trials: list[Trial], storage: str, name: str, callbacks: list,
         max_concurrent: int, tensorboard: bool = False):
+    """Run the sweep's trials (`sweep` validated from `sweep_raw`, which goes to the trials)."""
     from ray import tune
 
-    problem = setup_problem(sweep_raw, _dashboard)
+    problem = setup_problem(sweep, _dashboard)
     if problem:
         raise SetupError(problem)
     experiment_path = os.path.join(storage, name)
-    search = G.C.SearchConfig(**(sweep_raw.get("search") or {}))
-    res = G.C.ResourcesConfig(**(sweep_raw.get("resources") or {}))
-    in_actor = executor(sweep_raw) == "actor"
+    search, res = sweep.search, sweep.resources
+    in_actor = executor(sweep) == "actor"
     tuner = tune.Tuner(
-        build_trainable(sweep_raw, experiment_path),
-        param_space=G.param_space(trials, search.algorithm),
+        build_trainable(sweep, sweep_raw, experiment_path),
+        param_space=param_space(trials, search.algorithm),
         tune_config=tune.TuneConfig(
             num_samples=search.num_samples,
-            search_alg=build_search_alg(sweep_raw),
-            scheduler=build_scheduler(sweep_raw),
+            search_alg=build_search_alg(sweep),
+            scheduler=build_scheduler(sweep),
             max_concurrent_trials=max_concurrent,
             trial_dirname_creator=_trial_dirname,
             # the point of the actor executor: the next trial reuses a finished trial's process
@@ -368,18 +278,18 @@ def run(sweep_raw: dict[str, Any], trials: list[G.Trial], storage: str, name: st
     return tuner.fit()
 
 
-def resume(experiment_path: str, sweep_raw: dict[str, Any], callbacks: list, retry_errored: bool = False,
-           tensorboard: bool = False):
+def resume(experiment_path: str, sweep: Sweep, sweep_raw: dict[str, Any], callbacks: list,
+           retry_errored: bool = False, tensorboard: bool = False):
     """Continue an experiment: unfinished trials (and failed ones with `retry_errored`) go on from their
     latest checkpoint; finished ones are not started again."""
     from ray import tune
 
-    problem = setup_problem(sweep_raw, _dashboard)
+    problem = setup_problem(sweep, _dashboard)
     if problem:
         raise SetupError(problem)
     tuner = tune.Tuner.restore(
         experiment_path,
-        trainable=build_trainable(sweep_raw, experiment_path),
+        trainable=build_trainable(sweep, sweep_raw, experiment_path),
         resume_unfinished=True,
         # a failed trial is retried as itself (Tune's restart_errored would make it a new trial with a new
         # id and directory, leaving the failed one behind as a second, never-finished trial of the same

@@ -270,7 +270,7 @@ def _family_columns(records) -> list[tuple[str, str, str]]:
 
     columns: dict[str, tuple[str, str, str]] = {}
     for rec in records:
-        for column in adapters.get(rec.resolved["adapter"]["type"]).PROGRESS_COLUMNS:
+        for column in adapters.family(rec.resolved["adapter"]["type"]).progress_columns:
             columns.setdefault(column[0], column)
     return list(columns.values())
 
@@ -281,10 +281,7 @@ def _option(adapter_cfg: dict[str, Any], key: str) -> Any:
 
     if key in adapter_cfg:
         return adapter_cfg[key]
-    for name, field in adapters.get(adapter_cfg["type"]).Options.model_fields.items():
-        if key in (name, field.alias):
-            return field.default
-    return ""
+    return adapters.family(adapter_cfg["type"]).option_default(key)
 
 
 def describe(rec: TrialRecord) -> str:
@@ -293,7 +290,7 @@ def describe(rec: TrialRecord) -> str:
 
     a, t = rec.resolved["adapter"], rec.resolved["train"]
     extra = "".join(f" {header}={_fmt(_option(a, key))}" for header, kind, key in
-                    adapters.get(a["type"]).PROGRESS_COLUMNS if kind == "option")
+                    adapters.family(a["type"]).progress_columns if kind == "option")
     axes = "".join(f" {k.split('.')[-1]}={_fmt(rec.cell[k])}" for k in _other_axes([rec]))
     return f"{a['type']} r={a['r']}{extra} seed={t['seed']}{axes}"
 
@@ -306,7 +303,7 @@ def _other_axes(records) -> list[str]:
     shown = {"adapter.type", "adapter.r", "train.seed"}
     records = list(records)
     for rec in records:
-        family = adapters.get(rec.resolved["adapter"]["type"]).PROGRESS_COLUMNS
+        family = adapters.family(rec.resolved["adapter"]["type"]).progress_columns
         shown |= {f"adapter.{key}" for _, kind, key in family if kind == "option"}
     return [k for k in dict.fromkeys(k for rec in records for k in rec.cell) if k not in shown]
 

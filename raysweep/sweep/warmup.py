@@ -1,20 +1,19 @@
 """Import the training stack in the background as soon as a trial actor's process starts.
 
-A reused actor pays for importing torch, transformers and peft once, on its first trial: ~6 s of CPU on a
-2-core machine. Ray spends the ~2.5 s before that trial's code runs on Tune's own actor set-up, mostly
-waiting on RPCs, so the imports can run alongside it (benchmarks/RESULTS.md (c): the first trial per slot
-was ready 6.4 s after its launch before, 5.4 s with this). `start` is the Ray job's `worker_process_setup_hook` (tune_driver.init_ray sets it for
-the actor executor): it must return at once, or it would only move the wait (Ray runs the hook before the
-worker takes work), hence the thread. `wait` is called by a trial before its own imports, so no module is
-ever imported from two threads at once.
+A reused actor pays for importing torch, transformers and peft once, on its first trial. Ray spends the
+seconds before that trial's code runs on Tune's own actor set-up, mostly waiting on RPCs, so the imports
+can run alongside it (benchmarks/RESULTS.md (c)). `start` is the Ray job's `worker_process_setup_hook`
+(sweep/driver.py init_ray sets it for the actor executor): it must return at once, or it would only move
+the wait (Ray runs the hook before the worker takes work), hence the thread. `wait` is called by a trial
+before its own imports, so no module is ever imported from two threads at once.
 """
 
 from __future__ import annotations
 
 import threading
 
-# what run_training imports on its first call, heaviest first (measured: 5.9 s of the 7.3 s a first
-# builtin trial takes to get ready in a fresh process on this machine)
+# what run_training imports on its first call, heaviest first (most of a fresh process's time to its first
+# step)
 MODULES = (
     "torch",
     "transformers",

@@ -11,15 +11,16 @@
   the same checkpoint directory; `adapter/` stays a plain peft adapter, written by rank 0 from the
   gathered weights, so analysis and export do not know DeepSpeed was used.
 
-The training loop (worker.run_training) calls `zero_grad / backward / step`, `gathered` around anything
-that reads whole adapter weights, and `save_shard / restore` for checkpoints; nothing else differs.
-This module imports no torch or DeepSpeed at import time (config validation uses `problems`).
+The training loop (trial/loop.py, run_training) calls `zero_grad / backward / step`, `gathered` around
+anything that reads whole adapter weights, and `save_shard / restore` for checkpoints; nothing else differs.
+Which adapters and settings each strategy accepts is checked before Ray starts (config/rules.py), which
+also resolves the ZeRO stage into the trial's config (`resources.zero_stage`). This module imports no torch
+or DeepSpeed at import time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,62 +28,6 @@ from typing import Any
 from raysweep.experiment.layout import DEEPSPEED_DIR
 
 _TAG = "state"  # DeepSpeed checkpoint tag: one per trial checkpoint directory, so a constant
-
-# Adapters each ZeRO stage was checked with: 2 gloo ranks, eval losses equal to DDP's to ~1e-7 relative
-# (docs/ARCHITECTURE.md, "Multi-worker trials"; the tests run lora at stages 2 and 3). Refused: sora/sdora
-# (their proximal step edits gate values after optimizer.step(); ZeRO keeps its own fp32 copy of the trainable
-# weights and writes it back at the next step, undoing the edit: 1.5e-3 off DDP after 20 steps), and at
-# stage 3, where a weight is whole only inside its own module's forward, adapters that use weights outside
-# it (masked merges pruned base weights; sublora builds LoRA weights from α held by another module) and
-# 4-bit weights (which cannot be partitioned).
-ZERO_ADAPTERS = {2: ("lora", "dora", "masked", "sublora"), 3: ("lora", "dora")}
-DEEPSPEED_MISSING = ("needs DeepSpeed, which is not installed: install the deepspeed extra (pip install -e "
-                     "'.[deepspeed]'; scripts/setup.sh does), or use resources.strategy: ddp")
-
-
-def zero_stage(strategy: str) -> int | None:
-    return {"deepspeed_zero2": 2, "deepspeed_zero3": 3}.get(strategy)
-
-
-def problems(strategy: str, adapter_type: str, load_in_4bit: bool) -> list[tuple[str, str]]:
-    """(key path, message) for a strategy that cannot run this trial; no imports (runs before Ray starts)."""
-    stage = zero_stage(strategy)
-    if stage is None:
-        return []
-    out = []
-    if importlib.util.find_spec("deepspeed") is None:
-        out.append(("resources.strategy", f"{strategy!r} {DEEPSPEED_MISSING}"))
-    if adapter_type not in ZERO_ADAPTERS[stage]:
-        why = ("its proximal gate step edits the gates after each optimizer step, and ZeRO writes its own fp32 "
-               "copy of the trainable weights back over them" if adapter_type in ("sora", "sdora") else
-               "it uses weights outside their own module's forward, where ZeRO-3 holds only a partition")
-        fix = ", ".join(ZERO_ADAPTERS[stage])
-        out.append(("adapter.type", f"adapter {adapter_type!r} does not run under resources.strategy {strategy!r} "
-                                    f"({why}): use one of {fix}, or resources.strategy: ddp"))
-    if load_in_4bit and stage == 3:
-        out.append(("model.load_in_4bit", "4-bit base weights cannot be partitioned by ZeRO-3: use "
-                                          "resources.strategy: deepspeed_zero2 (or ddp), or model.load_in_4bit: false"))
-    return out
-
-
-# DeepSpeed keys raysweep sets from the grid file, so that a trial means the same under every strategy
-OWNED_KEYS = {"train_batch_size": "train.batch_size", "train_micro_batch_size_per_gpu": "train.batch_size",
-              "gradient_accumulation_steps": "train.grad_accum_steps", "gradient_clipping": "train.max_grad_norm",
-              "optimizer": "train.lr / train.weight_decay (raysweep's AdamW, with the adapter's parameter groups)",
-              "scheduler": "train.schedule / train.warmup_steps", "zero_optimization.stage": "resources.strategy"}
-
-
-def deepspeed_config_problem(strategy: str, extra: dict[str, Any]) -> str | None:
-    """Why `resources.deepspeed_config` cannot be used as given (None: fine)."""
-    if zero_stage(strategy) is None:
-        return (f"resources.deepspeed_config applies to DeepSpeed strategies, not {strategy!r}: set "
-                "resources.strategy to deepspeed_zero2 or deepspeed_zero3, or remove resources.deepspeed_config")
-    zero = extra.get("zero_optimization")
-    keys = list(extra) + [f"zero_optimization.{k}" for k in (zero if isinstance(zero, dict) else {})]
-    for key in keys:
-        if key in OWNED_KEYS:
-            return f"resources.deepspeed_config.{key} is set by raysweep: use {OWNED_KEYS[key]} instead"
-    return None
 
 
 def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -94,8 +39,9 @@ def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(config: dict[str, Any]) -> DDPStrategy:
-    """The trial's strategy (a config written before `resources.strategy` existed means ddp)."""
-    stage = zero_stage(config["resources"].get("strategy", "ddp"))
+    """The trial's strategy: `resources.zero_stage` resolved by config (config/grid.py run_config); a config
+    without it means ddp."""
+    stage = config["resources"].get("zero_stage")
     return DDPStrategy(config) if stage is None else DeepSpeedStrategy(config, stage)
 
 

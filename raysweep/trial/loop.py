@@ -1,12 +1,15 @@
 """The training loop of one trial, readable top to bottom.
 
 `train_fn_per_worker(config)` is what Ray Train runs on every worker; it hands a `TrainSession` to
-`run_training`, which knows nothing about the executor (session.py). `config` is the resolved trial
-config (config.TrialConfig as a dict) plus `_trial` metadata from the Tune driver.
+`run_training`, which knows nothing about the executor (trial/session.py). `config` is the resolved trial
+config (config/schema.py TrialConfig as a dict) plus `_trial` metadata from the Tune driver (sweep/driver.py).
+Besides its results, a trial reports how long its data set-up, evaluations, checkpoint writes and
+on_train_end took (`timed`; sys/data_s, sys/eval_s, ...): `plan --calibrate` reads them back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -30,6 +33,16 @@ def memory_mb() -> float:
     import psutil
 
     return psutil.Process(os.getpid()).memory_info().rss / 2**20
+
+
+@contextlib.contextmanager
+def timed(timing: dict[str, float], seconds_key: str, count_key: str | None = None):
+    """Add the block's wall time to timing[seconds_key] (and 1 to timing[count_key])."""
+    t0 = time.perf_counter()
+    yield
+    timing[seconds_key] += time.perf_counter() - t0
+    if count_key:
+        timing[count_key] += 1
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,7 +71,7 @@ def setup_model(config: dict[str, Any], session: Session):
     """(adapted model, adapter, tokenizer, load metrics), on the session's device, not yet wrapped.
 
     The base comes from the process's cache when an earlier trial in this (reused) process loaded
-    the same one (model_cache.py); it is a fresh module tree either way."""
+    the same one (inputs/model_cache.py); it is a fresh module tree either way."""
     from raysweep import adapters
     from raysweep.inputs import model_cache
 
@@ -93,7 +106,7 @@ def setup_context(config: dict[str, Any], session: Session, train_set, eval_set,
     import torch
 
     from raysweep.adapters.base import TrialContext
-    from raysweep.inputs.builtin import default_cache_dir
+    from raysweep.inputs.cache import default_cache_dir
     from raysweep.inputs.data import collate
 
     device = session.device()
@@ -207,7 +220,12 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     strategy = engines.build(config)  # ddp or a DeepSpeed ZeRO engine (resources.strategy)
     engines.limit_gpu_memory(config["resources"]["gpu_memory_fraction"], session.device())  # resolved by config.grid
     model, adapter, tokenizer, load_metrics = setup_model(config, session)
-    train_set, eval_set = setup_data(config, tokenizer)
+    # cumulative seconds (and counts) of the parts `plan --calibrate` prices one by one, in every report
+    timing = {M.SYS_DATA_S: 0.0, M.SYS_EVAL_S: 0.0, M.SYS_EVALS: 0, M.SYS_CHECKPOINT_S: 0.0,
+              M.SYS_CHECKPOINTS: 0, M.SYS_END_S: 0.0}
+    with timed(timing, M.SYS_DATA_S):
+        train_set, eval_set = setup_data(config, tokenizer)
+    load_metrics[M.TRAIN_EXAMPLES] = len(train_set)
     pad_id = tokenizer.pad_token_id
     context = setup_context(config, session, train_set, eval_set, pad_id)
     load_metrics |= adapter.prepare(model, context)  # e.g. prune the base: before DDP sees the model
@@ -252,28 +270,31 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
             M.TRAIN_STEP: state["step"], M.TRAIN_TOKENS: state["tokens"], M.SYS_MEM_MB: memory_mb(),
             M.EVAL_BEST_LOSS: state["best_loss"], M.EVAL_INITIAL_LOSS: state["initial_loss"],
             M.TRAIN_EARLY_STOPPED: state["early_stopped"], M.SYS_TIME: time.time(),
-        }
+        } | timing
         if not with_checkpoint:
             session.report(row)
             return
         with tempfile.TemporaryDirectory() as tmp:
             directory = Path(tmp) / f"checkpoint_step{state['step']:06d}"
-            # DeepSpeed: every worker writes its optimizer shard; the checkpoint directory gathers them all
-            sharded = strategy.save_shard(directory)
-            with strategy.gathered(model):  # ZeRO-3: whole adapter weights (every worker takes part)
-                if session.world_rank == 0:  # one copy of the (replicated) adapter is enough
-                    trainer_state = {"optimizer": strategy.optimizer_state(optimizer),
-                                     "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                                     "state": dict(state)}
-                    checkpointing.save(
-                        directory, adapter=adapter, model=model,
-                        best_state=best_adapter_state, trainer_state=trainer_state, config=config, metrics=row,
-                        layer_log=(log_name, layer_rows) if log_name else None, reports=files)
-            session.report(row, directory if session.world_rank == 0 or sharded else None)
+            with timed(timing, M.SYS_CHECKPOINT_S, M.SYS_CHECKPOINTS):
+                # DeepSpeed: every worker writes its optimizer shard; the checkpoint directory gathers them all
+                sharded = strategy.save_shard(directory)
+                with strategy.gathered(model):  # ZeRO-3: whole adapter weights (every worker takes part)
+                    if session.world_rank == 0:  # one copy of the (replicated) adapter is enough
+                        trainer_state = {"optimizer": strategy.optimizer_state(optimizer),
+                                         "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                                         "state": dict(state)}
+                        checkpointing.save(
+                            directory, adapter=adapter, model=model,
+                            best_state=best_adapter_state, trainer_state=trainer_state, config=config, metrics=row,
+                            layer_log=(log_name, layer_rows) if log_name else None, reports=files)
+            # this checkpoint's write is in the row reported with it (not in the copy saved inside it)
+            session.report(row | timing, directory if session.world_rank == 0 or sharded else None)
 
     def run_eval() -> None:
         nonlocal best_adapter_state
-        last_eval.update(evaluate(model, eval_set, config, session, pad_id))
+        with timed(timing, M.SYS_EVAL_S, M.SYS_EVALS):
+            last_eval.update(evaluate(model, eval_set, config, session, pad_id))
         last_eval[M.EVAL_STEP] = state["step"]  # reports between evals repeat these numbers: say from when
         loss = last_eval[M.EVAL_LOSS]
         if state["initial_loss"] is None:
@@ -296,7 +317,7 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
         report({}, with_checkpoint=False)
     elif resumed_metrics is not None:
         # report once right after resuming: a trial interrupted after its last step has nothing left
-        # to run, and Tune may have lost its earlier results (DESIGN.md pitfalls)
+        # to run, and Tune may have lost its earlier results
         last_eval.update({k: v for k, v in resumed_metrics.items() if k.startswith("eval/")})
         session.report(resumed_metrics | {k: v for k, v in static.items() if k.startswith("sys/")}
                        | {M.SYS_TIME: time.time(), M.SYS_MEM_MB: memory_mb()})
@@ -352,7 +373,8 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
             row |= adapter.metrics(model)
             files = None
             if done:  # e.g. validate the merged sparsity, compute bounds: into the final result and checkpoint
-                end_metrics, files = adapter.on_train_end(model, context)
+                with timed(timing, M.SYS_END_S):
+                    end_metrics, files = adapter.on_train_end(model, context)
                 row |= end_metrics
             log_layers(row.get(M.ADAPTER_SPARSITY, 0.0))
             report(row, with_checkpoint=wants_checkpoint, files=files)

@@ -1,8 +1,8 @@
 """The executor seam: how a training loop talks to whatever runs it.
 
-`worker.run_training` only uses this interface, so the same loop runs under a Ray Train TorchTrainer
+`trial.loop.run_training` only uses this interface, so the same loop runs under a Ray Train TorchTrainer
 worker (`TrainSession`), a plain Tune function trainable in a reused actor (`TuneSession`), or a
-plain Python call in unit tests (`LocalSession`). See DESIGN.md "Per-trial start-up".
+plain Python call in unit tests (`LocalSession`). See docs/ARCHITECTURE.md, "Executors".
 """
 
 from __future__ import annotations

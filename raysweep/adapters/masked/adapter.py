@@ -4,7 +4,7 @@ Base weights become W ⊙ M (frozen) and the update is ΔW = (B·A·s) ⊙ M in 
 the merge, so what trains is exactly what merges and the merged model keeps every pruned zero. The
 masking is a peft `LoraVariant` (the hook peft's own DoRA uses) installed on the pruned layers, so
 peft's `merge_and_unload()` applies the mask too. Masks come from pruning.py and are computed once per
-key and shared across trials (mask_store.py). At the end of training every masked position of the merged
+key and shared across trials (store.py). At the end of training every masked position of the merged
 weights is checked to be exactly zero (`mask/violations`, validation_report.json).
 
 DoRA does not compose here: peft's DoRA variant computes its own B·A product and weight norm and
@@ -14,18 +14,29 @@ never calls the masked delta, and the magnitude vector would need re-deriving on
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora import Linear as LoraLinear
+from peft.tuners.lora.layer import LoraVariant
+from peft.utils.other import transpose
+from safetensors.torch import load_file, save_file
+from torch import nn
+
 from raysweep.adapters.base import TrialContext
-from raysweep.adapters.lora import LoraAdapter
-from raysweep.adapters.masked.options import MaskOptions
+from raysweep.adapters.lora import PEFT_PREFIX, LoraAdapter
+from raysweep.adapters.masked import pruning
+from raysweep.adapters.masked import store as mask_store
+from raysweep.adapters.masked.options import FAMILY, MaskOptions
 from raysweep.experiment import metrics as M
 from raysweep.experiment.layout import MASK_VALIDATION_REPORT
 
 MASK_FILE = "raysweep_mask.safetensors"  # saved beside the peft adapter: merging needs it
+MASK_INFO = "raysweep_mask.json"  # beside it: sparsity, mask kind, importance, layout of the masks
 VALIDATION_REPORT = MASK_VALIDATION_REPORT
-PEFT_PREFIX = "base_model.model."
 
 
 def masked_delta(module, adapter_name: str):
@@ -33,37 +44,29 @@ def masked_delta(module, adapter_name: str):
     return module.get_delta_weight(adapter_name) * module.lora_mask
 
 
-def _variant_class():
-    from peft.tuners.lora.layer import LoraVariant
+class MaskedLoraVariant(LoraVariant):
+    """Forward and merge with the masked update (peft calls these instead of its vanilla path)."""
 
-    class MaskedLoraVariant(LoraVariant):
-        """Forward and merge with the masked update (peft calls these instead of its vanilla path)."""
+    @staticmethod
+    def init(module, adapter_name: str, **kwargs: Any) -> None:
+        pass
 
-        @staticmethod
-        def init(module, adapter_name: str, **kwargs: Any) -> None:
-            pass
+    @staticmethod
+    def merge_safe(module, active_adapter: str, orig_weight):
+        return orig_weight + masked_delta(module, active_adapter).to(orig_weight.dtype)
 
-        @staticmethod
-        def merge_safe(module, active_adapter: str, orig_weight):
-            return orig_weight + masked_delta(module, active_adapter).to(orig_weight.dtype)
+    @staticmethod
+    def merge_unsafe(module, active_adapter: str, orig_weight) -> None:
+        orig_weight.data += masked_delta(module, active_adapter).to(orig_weight.dtype)
 
-        @staticmethod
-        def merge_unsafe(module, active_adapter: str, orig_weight) -> None:
-            orig_weight.data += masked_delta(module, active_adapter).to(orig_weight.dtype)
+    @staticmethod
+    def unmerge(module, active_adapter: str, orig_weight):
+        return orig_weight - masked_delta(module, active_adapter).to(orig_weight.dtype)
 
-        @staticmethod
-        def unmerge(module, active_adapter: str, orig_weight):
-            return orig_weight - masked_delta(module, active_adapter).to(orig_weight.dtype)
-
-        @staticmethod
-        def forward(module, active_adapter: str, x, result, **kwargs: Any):
-            import torch.nn.functional as F
-            from peft.utils.other import transpose
-
-            delta = transpose(masked_delta(module, active_adapter), module.fan_in_fan_out)  # -> [out, in]
-            return result + F.linear(module.lora_dropout[active_adapter](x), delta.to(x.dtype))
-
-    return MaskedLoraVariant
+    @staticmethod
+    def forward(module, active_adapter: str, x, result, **kwargs: Any):
+        delta = transpose(masked_delta(module, active_adapter), module.fan_in_fan_out)  # -> [out, in]
+        return result + F.linear(module.lora_dropout[active_adapter](x), delta.to(x.dtype))
 
 
 def _is_conv1d(module) -> bool:
@@ -73,9 +76,6 @@ def _is_conv1d(module) -> bool:
 def linear_layers(model) -> dict[str, tuple[Any, Any, bool]]:
     """Every linear layer by model-level name: (peft layer owning its adapter or None, the base linear
     layer, whether its weight is stored [in, out]). LoRA's own A/B layers are not listed."""
-    import torch.nn as nn
-    from peft.tuners.lora import Linear as LoraLinear
-
     found: dict[str, tuple[Any, Any, bool]] = {}
     for name, module in model.named_modules():
         if isinstance(module, LoraLinear):
@@ -106,16 +106,13 @@ def pruned_layers(model, prune_modules: list[str] | None) -> dict[str, tuple[Any
 
 
 class MaskedAdapter(LoraAdapter):
-    name = "masked"
-    description = "LoRA on a pruned base: W ⊙ M frozen, update (B·A·s) ⊙ M, so merged weights keep the sparsity"
-    Options = MaskOptions
+    name = FAMILY.name
+    description = FAMILY.description
+    options: MaskOptions
     use_dora = False
-    PROGRESS_COLUMNS = (("mask", "option", "mask"), ("importance", "option", "importance"),
-                        ("sparsity", "option", "sparsity"), ("violations", "metric", M.MASK_VIOLATIONS))
 
     def __init__(self, cfg: dict[str, Any]):
         super().__init__(cfg)
-        self.options = MaskOptions(**{k: cfg[k] for k in MaskOptions.model_fields if k in cfg})
         self.masks: dict[str, Any] = {}  # model-level name -> keep-mask in [out, in] layout (bool, CPU)
         self.layers: dict[str, tuple[Any, Any, bool]] = {}
         self.stats: dict[str, Any] = {}
@@ -123,16 +120,7 @@ class MaskedAdapter(LoraAdapter):
     # ------------------------------------------------------------------------------ masks
 
     def mask_key(self, context: TrialContext) -> dict[str, Any]:
-        from raysweep.inputs import data, model_cache
-
-        o = self.options
-        key = {"model": model_cache.identity(context.config["model"]), "importance": o.importance, "mask": o.mask,
-               "scope": o.mask_scope, "sparsity": o.sparsity, "seed": o.mask_seed, "modules": list(self.layers)}
-        if o.importance != "magnitude" and o.mask != "random":  # only these read data
-            files = [str(f) for f in data.resolve_files(context.config["data"]) if f]
-            key["data"] = {"config": context.config["data"], "files": [(f, model_cache.stamp(f)) for f in files],
-                           "calibration_examples": o.calibration_examples}
-        return key
+        return mask_store.mask_key(self.options, context.config["model"], context.config["data"], list(self.layers))
 
     def _weights(self) -> dict[str, Any]:
         """Base weights in [out, in] layout, by model-level name."""
@@ -167,22 +155,16 @@ class MaskedAdapter(LoraAdapter):
             model.train(was_training)
 
     def compute_masks(self, model, context: TrialContext) -> tuple[dict, dict]:
-        from raysweep.adapters.masked import pruning
-
         o = self.options
         weights = self._weights()
         grads = None
-        if o.importance != "magnitude" and o.mask != "random":
+        if mask_store.reads_data(o):
             grads = self._calibration_gradients(model, context)
         scores = {n: pruning.importance(w, grads[n] if grads else None, o.importance) for n, w in weights.items()}
         masks = pruning.make_masks(scores, o.sparsity, o.mask, o.mask_scope, o.mask_seed)
         return masks, pruning.score_histogram(scores)
 
     def prepare(self, model, context: TrialContext) -> dict[str, Any]:
-        import time
-
-        from raysweep.adapters.masked import store as mask_store
-
         t0 = time.perf_counter()
         self.layers = pruned_layers(model, self.options.prune_modules)
         masks, self.stats, computed = mask_store.get_or_compute(
@@ -196,8 +178,6 @@ class MaskedAdapter(LoraAdapter):
 
     def validate(self, model) -> dict[str, Any]:
         """Merge every pruned layer exactly as peft's merge does and count nonzeros at masked positions."""
-        import torch
-
         layers, violations, zeros, numel, pruned = {}, 0, 0, 0, 0
         with torch.no_grad():
             for name, (owner, base, in_out) in self.layers.items():
@@ -230,25 +210,21 @@ class MaskedAdapter(LoraAdapter):
 
     def save(self, model, directory: Path, state: dict | None = None) -> None:
         """peft adapter + the masks (peft alone would merge an unmasked update: use `apply_saved_masks`)."""
-        from safetensors.torch import save_file
-
         super().save(model, directory, state)
-        save_file({n: m.to("cpu", dtype=_uint8()).contiguous() for n, m in self.masks.items()},
+        save_file({n: m.to("cpu", dtype=torch.uint8).contiguous() for n, m in self.masks.items()},
                   str(Path(directory) / MASK_FILE))
         meta = {"sparsity": self.options.sparsity, "mask": self.options.mask, "importance": self.options.importance,
                 "layout": "[out_features, in_features], 1 = keep"}
-        (Path(directory) / "raysweep_mask.json").write_text(json.dumps(meta, indent=2))
+        (Path(directory) / MASK_INFO).write_text(json.dumps(meta, indent=2))
 
 
 def install_masks(layers: dict[str, tuple[Any, Any, bool]], masks: dict[str, Any]) -> None:
     """Prune each layer's base weight to W ⊙ M and make its adapter (if any) apply (B·A·s) ⊙ M."""
-    import torch
-
-    variant = _variant_class()()
+    variant = MaskedLoraVariant()
     for name, (owner, base, in_out) in layers.items():
         keep = (masks[name].T if in_out else masks[name]).to(device=base.weight.device, dtype=base.weight.dtype)
         # a new Parameter, never an in-place write: the base may be shared with a per-process cache
-        base.weight = torch.nn.Parameter(base.weight.detach() * keep, requires_grad=False)
+        base.weight = nn.Parameter(base.weight.detach() * keep, requires_grad=False)
         if owner is not None:
             owner.register_buffer("lora_mask", keep, persistent=False)
             for adapter_name in owner.lora_A:
@@ -258,8 +234,6 @@ def install_masks(layers: dict[str, tuple[Any, Any, bool]], masks: dict[str, Any
 def apply_saved_masks(peft_model, adapter_dir: str | Path) -> None:
     """Make a `PeftModel.from_pretrained(base, adapter_dir)` model masked like in training: prune its base
     weights and mask the update in forward and merge (then `merge_and_unload()` keeps the sparsity)."""
-    from safetensors.torch import load_file
-
     masks = {n: m.bool() for n, m in load_file(str(Path(adapter_dir) / MASK_FILE)).items()}
     layers = linear_layers(peft_model)
     missing = sorted(set(masks) - set(layers))
@@ -268,8 +242,3 @@ def apply_saved_masks(peft_model, adapter_dir: str | Path) -> None:
                          "load the adapter on the base model it was trained on")
     install_masks({n: layers[n] for n in masks}, masks)
 
-
-def _uint8():
-    import torch
-
-    return torch.uint8

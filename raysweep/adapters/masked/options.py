@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from raysweep.adapters import Family
+from raysweep.adapters.family import Family
 from raysweep.adapters.masked.pruning import IMPORTANCE, check_mask_options
 from raysweep.experiment import metrics as M
 

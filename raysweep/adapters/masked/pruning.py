@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # torch is imported inside the functions: grid validation use
 
 IMPORTANCE = ("magnitude", "gradient", "taylor")
 MASK_KINDS = ("unstructured", "structured", "random")  # plus N:M patterns such as "2:4"
-SCOPES = ("layer", "global")
 NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
 
 

@@ -1,11 +1,12 @@
 """Pruning masks computed once per key and shared by every trial that needs them.
 
-A mask depends on (model, data, importance, mask kind, scope, sparsity, mask seed, calibration size,
-pruned modules) and never on the adapter's rank, learning rate or training seed, so a 360-trial sweep
-over 30 distinct masks computes 30. Masks live under the sweeps' storage root (`<storage>/masks/`),
-which is shared storage on a cluster, so trials on any node, and later sweeps of the same grid, find
-them; a file lock makes concurrent trials wait for the one computing a key instead of computing it
-again. Outside a sweep (tests, notebooks) they go to the builtin cache directory.
+A mask depends on (model, importance, mask kind, scope, sparsity, mask seed, pruned modules and, for
+gradient/taylor importance, the data and calibration size) and never on the adapter's rank, learning rate
+or training seed (`mask_key`), so a 360-trial sweep over 30 distinct masks computes 30. Masks live under
+the sweeps' storage root (`<storage>/masks/`), which is shared storage on a cluster, so trials on any
+node, and later sweeps of the same grid, find them; a file lock makes concurrent trials wait for the one
+computing a key instead of computing it again. Outside a sweep (tests, notebooks) they go to the builtin
+cache directory.
 
 Layout of one entry, `masks/<importance>-<kind>-s<sparsity>-<hash>/`:
   masks.safetensors      keep-masks (uint8, 1 = keep), one tensor per module name, [out, in] layout
@@ -23,13 +24,37 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from raysweep.adapters.masked.options import MaskOptions
 from raysweep.experiment.layout import MASKS_DIR  # noqa: F401 - <storage>/masks/, shared by every sweep there
-from raysweep.inputs.builtin.cache import build_once
+from raysweep.inputs import data, model_cache
+from raysweep.inputs.cache import build_once
 
 MASKS_FILE = "masks.safetensors"
 STATS_FILE = "stats.json"
 HISTOGRAM_FILE = "importance_hist.json"
 COMPUTATIONS_LOG = "computations.log"
+
+
+def reads_data(options: MaskOptions) -> bool:
+    """Whether the mask scores weights on training data (gradient/taylor importance; a random mask never)."""
+    return options.importance != "magnitude" and options.mask != "random"
+
+
+def mask_key(options: MaskOptions, model_cfg: dict[str, Any], data_cfg: dict[str, Any],
+             modules: Any) -> dict[str, Any]:
+    """A mask's identity: everything it depends on, and nothing else (JSON-able; `entry_name` hashes it).
+
+    `modules`: the names of the pruned layers (what the adapter prunes once the model is built); before the
+    model exists (`raysweep masks` grouping trials) what chooses them, target_modules and prune_modules.
+    Torch-free, like this whole module (torch is imported inside the functions that save and load masks)."""
+    o = options
+    key = {"model": model_cache.identity(model_cfg), "importance": o.importance, "mask": o.mask,
+           "scope": o.mask_scope, "sparsity": o.sparsity, "seed": o.mask_seed, "modules": modules}
+    if reads_data(o):
+        files = [str(f) for f in data.resolve_files(data_cfg) if f]
+        key["data"] = {"config": data_cfg, "files": [(f, model_cache.stamp(f)) for f in files],
+                       "calibration_examples": o.calibration_examples}
+    return key
 
 
 def entry_name(key: dict[str, Any]) -> str:

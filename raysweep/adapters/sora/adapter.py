@@ -17,77 +17,63 @@ import json
 from pathlib import Path
 from typing import Any
 
-from raysweep.adapters.lora import LoraAdapter
-from raysweep.adapters.sora.options import GateOptions
+from peft import LoraConfig
+from safetensors.torch import save_file
+
+from raysweep.adapters.lora import EXPORT_INFO, LoraAdapter
+from raysweep.adapters.sora import gating
+from raysweep.adapters.sora.options import SDORA, SORA, GateOptions
 from raysweep.experiment import metrics as M
 from raysweep.experiment.layout import PEFT_WEIGHTS, SPARSITY_LOG
 
 
 class SoraAdapter(LoraAdapter):
-    name = "sora"
-    description = "LoRA with a learned gate g between A and B (ΔW = B·diag(g)·A·s), sparsified by a proximal step"
-    Options = GateOptions
+    name = SORA.name
+    description = SORA.description
+    options: GateOptions
     use_dora = False
     LAYER_LOG = SPARSITY_LOG  # in every checkpoint: step, overall, one column per adapted module
-    PROGRESS_COLUMNS = (("λ", "option", "lambda"), ("sparsity", "metric", M.ADAPTER_SPARSITY),
-                        ("eff. params", "metric", M.ADAPTER_EFFECTIVE_PARAMS))
-
-    def __init__(self, cfg: dict[str, Any]):
-        super().__init__(cfg)
-        self.opts = GateOptions(**{k: v for k, v in cfg.items() if k in GateOptions.model_fields
-                                   or k in ("lambda",)})
 
     @property
     def scaling(self) -> float:
-        return self.cfg["alpha"] / self.cfg["r"]  # config.py resolves an empty alpha to 2·r
+        return self.cfg["alpha"] / self.cfg["r"]  # config/schema.py resolves an empty alpha to 2·r
 
     def build(self, model):
-        from raysweep.adapters.sora import gating
-
         model = super().build(model)
         gating.add_gates(model)
         return model
 
     # --- training hooks ----------------------------------------------------------------------------
     def param_groups(self, model, train_cfg: dict[str, Any]) -> list[dict[str, Any]]:
-        from raysweep.adapters.sora.gating import is_gate
-
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         return [
-            {"params": [p for n, p in named if not is_gate(n)], "lr": train_cfg["lr"],
+            {"params": [p for n, p in named if not gating.is_gate(n)], "lr": train_cfg["lr"],
              "weight_decay": train_cfg["weight_decay"]},
-            {"params": [p for n, p in named if is_gate(n)], "lr": self.opts.gate_lr or train_cfg["lr"],
+            {"params": [p for n, p in named if gating.is_gate(n)], "lr": self.options.gate_lr or train_cfg["lr"],
              "weight_decay": 0.0, "name": "gates"},
         ]
 
     def threshold(self, optimizer, progress: float) -> float:
-        from raysweep.adapters.sora.gating import threshold_at
-
-        lam = threshold_at(progress, self.opts.lambda_, self.opts.lambda_final, self.opts.lambda_schedule)
-        if self.opts.threshold == "absolute":
+        o = self.options
+        lam = gating.threshold_at(progress, o.lambda_, o.lambda_final, o.lambda_schedule)
+        if o.threshold == "absolute":
             return lam
         gate_lr = next(g["lr"] for g in optimizer.param_groups if g.get("name") == "gates")
         return lam * gate_lr
 
     def after_optimizer_step(self, model, optimizer, progress: float) -> None:
-        from raysweep.adapters.sora.gating import gates, soft_threshold_
-
         xi = self.threshold(optimizer, progress)
         if xi > 0:
-            for g in gates(model):
-                soft_threshold_(g, xi)
+            for g in gating.gates(model):
+                gating.soft_threshold_(g, xi)
 
     def loss_penalty(self, model):
-        if not self.opts.gate_l1:
+        if not self.options.gate_l1:
             return None
-        from raysweep.adapters.sora.gating import gates
-
-        return self.opts.gate_l1 * sum(g.abs().sum() for g in gates(model))
+        return self.options.gate_l1 * sum(g.abs().sum() for g in gating.gates(model))
 
     # --- metrics -----------------------------------------------------------------------------------
     def metrics(self, model) -> dict[str, float]:
-        from raysweep.adapters.sora import gating
-
         out = super().metrics(model)
         all_gates = [g.detach() for g in gating.gates(model)]
         total = sum(g.numel() for g in all_gates)
@@ -99,29 +85,19 @@ class SoraAdapter(LoraAdapter):
 
     def layer_log(self, model) -> dict[str, float]:
         """Fraction of dead gates per adapted module (the per-layer sparsity heatmap's columns)."""
-        from raysweep.adapters.sora.gating import gate_of, lora_layers
-
-        return {name: float((gate_of(layer) == 0).float().mean()) for name, layer in lora_layers(model)}
+        return {name: float((gating.gate_of(layer) == 0).float().mean())
+                for name, layer in gating.lora_layers(model)}
 
     # --- state, checkpoints, export ----------------------------------------------------------------
     def state_dict(self, model) -> dict:
-        from raysweep.adapters.sora.gating import state_dict
-
-        return state_dict(model)
+        return gating.state_dict(model)
 
     def load_state_dict(self, model, state: dict) -> None:
-        from raysweep.adapters.sora.gating import load_state_dict
-
-        load_state_dict(model, state)
+        gating.load_state_dict(model, state)
 
     def save(self, model, directory: Path, state: dict | None = None) -> None:
         """The pruned, folded export as a plain peft adapter (state: this gated state instead of the model's)."""
-        from peft import LoraConfig
-        from safetensors.torch import save_file
-
-        from raysweep.adapters.sora.gating import export
-
-        kwargs, tensors = export(state if state is not None else self.state_dict(model), self.scaling)
+        kwargs, tensors = gating.export(state if state is not None else self.state_dict(model), self.scaling)
         base = model.peft_config["default"]
         config = LoraConfig(lora_dropout=self.cfg["dropout"], task_type="CAUSAL_LM",
                             base_model_name_or_path=base.base_model_name_or_path, **kwargs)
@@ -129,11 +105,11 @@ class SoraAdapter(LoraAdapter):
         directory.mkdir(parents=True, exist_ok=True)
         config.save_pretrained(str(directory))
         save_file(tensors, str(directory / PEFT_WEIGHTS))
-        (directory / "raysweep_export.json").write_text(json.dumps(
+        (directory / EXPORT_INFO).write_text(json.dumps(
             {"from": self.name, "pruned_and_folded": True, "rank_pattern": kwargs["rank_pattern"]}, indent=2))
 
 
 class SdoraAdapter(SoraAdapter):
-    name = "sdora"
-    description = "SoRA's gated update on DoRA (learned magnitude per output row on top of B·diag(g)·A·s)"
+    name = SDORA.name
+    description = SDORA.description
     use_dora = True

@@ -1,5 +1,6 @@
-"""The maths of learned sparse gates (SoRA / SDoRA), kept apart from the adapter class so that importing
-the adapter registry (config validation, `plan`) never imports torch.
+"""The maths of learned sparse gates (SoRA / SDoRA): the gate parametrization, the proximal step, the
+lambda schedule, the gated state and its pruned, folded peft export. The adapter class (adapter.py) wires
+them into training.
 
 A gate vector g ∈ R^r sits between A and B of each adapted linear layer: ΔW = s·B·diag(g)·A. It is added
 to peft's LoRA layer as a *parametrization* of `lora_A.weight` (weight = diag(g)·A), so every code path
@@ -17,8 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-ADAPTER = "default"  # peft's adapter name inside a LoraLayer
-PEFT_PREFIX = "base_model.model."  # what get_peft_model puts in front of the base model's module names
+from raysweep.adapters.lora import ADAPTER, PEFT_PREFIX, lora_layers
 
 
 class Gate(nn.Module):
@@ -58,17 +58,6 @@ def threshold_at(progress: float, start: float, final: float | None, schedule: s
     if schedule == "exp":
         return start + (final - start) * (math.exp(5 * p) - 1) / (math.exp(5) - 1)
     raise ValueError(f"unknown lambda_schedule {schedule!r}")
-
-
-def lora_layers(model) -> list[tuple[str, nn.Module]]:
-    """(base-model module name, peft LoraLayer) for every adapted linear layer, in model order."""
-    from peft.tuners.lora import LoraLayer
-
-    out = []
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and ADAPTER in module.lora_A:
-            out.append((name.removeprefix(PEFT_PREFIX), module))
-    return out
 
 
 def add_gates(model) -> None:

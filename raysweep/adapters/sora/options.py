@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from raysweep.adapters import Family
+from raysweep.adapters.family import Family
 from raysweep.experiment import metrics as M
 
 
@@ -48,13 +48,14 @@ _COLUMNS = (("λ", "option", "lambda"), ("sparsity", "metric", M.ADAPTER_SPARSIT
 _ZERO = "its proximal gate step edits the gates after each optimizer step, and ZeRO writes its own fp32 copy " \
         "of the trainable weights back over them"
 _VALUES = frozenset({"lambda", "lambda_", "lambda_schedule", "lambda_final", "threshold", "gate_lr", "gate_l1"})
-FAMILIES = (
-    Family("sora", "raysweep.adapters.sora.adapter:SoraAdapter",
-           "LoRA with a learned gate g between A and B (ΔW = B·diag(g)·A·s), sparsified by a proximal step",
-           options="raysweep.adapters.sora.options:GateOptions", zero_stages=(), zero_refusal=_ZERO,
-           cost_free_options=_VALUES, progress_columns=_COLUMNS),
-    Family("sdora", "raysweep.adapters.sora.adapter:SdoraAdapter",
-           "SoRA's gated update on DoRA (learned magnitude per output row on top of B·diag(g)·A·s)",
-           options="raysweep.adapters.sora.options:GateOptions", zero_stages=(), zero_refusal=_ZERO,
-           cost_free_options=_VALUES, progress_columns=_COLUMNS),
-)
+SORA = Family(
+    "sora", "raysweep.adapters.sora.adapter:SoraAdapter",
+    "LoRA with a learned gate g between A and B (ΔW = B·diag(g)·A·s), sparsified by a proximal step",
+    options="raysweep.adapters.sora.options:GateOptions", zero_stages=(), zero_refusal=_ZERO,
+    cost_free_options=_VALUES, progress_columns=_COLUMNS)
+SDORA = Family(
+    "sdora", "raysweep.adapters.sora.adapter:SdoraAdapter",
+    "SoRA's gated update on DoRA (learned magnitude per output row on top of B·diag(g)·A·s)",
+    options="raysweep.adapters.sora.options:GateOptions", zero_stages=(), zero_refusal=_ZERO,
+    cost_free_options=_VALUES, progress_columns=_COLUMNS)
+FAMILIES = (SORA, SDORA)

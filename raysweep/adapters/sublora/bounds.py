@@ -1,10 +1,11 @@
 """SubLoRA PAC-Bayes bounds of a trained model: quantize α, run the quantized model on the training data,
-turn code length and per-token probabilities into bounds (the arithmetic lives in bounds.py).
+turn code length and per-token probabilities into bounds (the arithmetic lives in coding.py). The adapter
+calls `compute_bounds` at the end of training; raysweep/offline/bounds.py calls it on a checkpoint.
 
 The hypothesis whose risk is bounded is the model with the *quantized* α plugged in (θ = θ₀ + P·α̂),
 exactly the one the message describes. The prior is everything fixed before seeing data: the base model,
 θ₀ (LoRA init from train.seed), the projector (projector_seed), d, the quantizer and the α-grid. The message
-is the prefix-free code of α̂ (bounds.message_length: header, counts, float32 codebook, arithmetic-coded
+is the prefix-free code of α̂ (coding.message_length: header, counts, float32 codebook, arithmetic-coded
 symbols), plus, in learned mode, the split logits θ_split as float32 (32 bits each, their number is known
 from the architecture). KL ≤ total bits · ln 2.
 
@@ -12,7 +13,7 @@ Units (what the bound treats as i.i.d.):
   document  token tasks: the documents of train.bin that the training blocks cover (eot file or eos id),
             each predicted on windows of max_seq_len tokens (overlapping by one, so every token after the
             first is predicted once); other tasks: one training example = one document.
-  sequence  the training examples exactly as the worker trains on them (blocks of max_seq_len for token
+  sequence  the training examples exactly as the loop trains on them (blocks of max_seq_len for token
             tasks), predicting the tokens the training loss counts.
 When `bound_sample` < m units, n of them are drawn with a fixed seed (independent of training) and the
 sub-sampled bound is used; otherwise the plain bound over all m. Every bound holds at confidence
@@ -22,17 +23,17 @@ sub-sampled bound is used; otherwise the plain bound over all m. Every bound hol
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from raysweep.adapters.sublora import coding as B
+from raysweep.adapters.sublora.subspace import subspace
 from raysweep.experiment import metrics as M
-from raysweep.experiment.layout import BOUNDS_REPORT
+from raysweep.inputs import data
 
 SAMPLE_SEED = 0  # the sub-sample of units: fixed, never derived from the data or the training run
 SPLIT_BITS = 32  # per split logit (learned mode), stored as float32
@@ -52,22 +53,18 @@ class Units:
 def _windows(doc: np.ndarray, max_len: int) -> list:
     """Windows of ≤ max_len tokens with stride max_len − 1, labels = inputs: every token after the first is
     predicted exactly once, with up to max_len − 1 tokens of context from the same document."""
-    from raysweep.inputs.data import Example
-
     ids = np.asarray(doc, dtype=np.int64).tolist()
     stride = max(1, max_len - 1)
     out = []
     for s in range(0, len(ids) - 1, stride):
         w = ids[s : s + max(2, max_len)]
         if len(w) > 1:
-            out.append(Example(w, list(w)))
+            out.append(data.Example(w, list(w)))
     return out
 
 
 def units_for(config: dict[str, Any], train_examples: list, eos_id: int | None) -> list[Units]:
     """Document- and sequence-level units of a trial's training data."""
-    from raysweep.inputs import data
-
     d = config["data"]
     seq = Units("sequence", len(train_examples), lambda i: [train_examples[i]],
                 f"training example ({'block of max_seq_len tokens' if data.is_token_task(d['task']) else d['task']})",
@@ -98,10 +95,6 @@ def sample(m: int, n: int | None) -> np.ndarray:
 def token_stats(model, units: list[list], ks: list[int], batch_size: int, device, pad_id: int):
     """Per unit: the probabilities the model gives each true next token (float64 array), and per k the
     fraction of its tokens whose true token is in the top k. Also the vocabulary size (logit width)."""
-    import torch
-
-    from raysweep.inputs.data import IGNORE_INDEX, collate
-
     items = [(u, ex) for u, exs in enumerate(units) for ex in exs]
     probs: list[list[np.ndarray]] = [[] for _ in units]
     hits: dict[int, list[list[np.ndarray]]] = {k: [[] for _ in units] for k in ks}
@@ -113,11 +106,11 @@ def token_stats(model, units: list[list], ks: list[int], batch_size: int, device
         with torch.no_grad():
             for i in range(0, len(items), batch_size):
                 chunk = items[i : i + batch_size]
-                batch = {k: v.to(device) for k, v in collate([ex for _, ex in chunk], pad_id).items()}
+                batch = {k: v.to(device) for k, v in data.collate([ex for _, ex in chunk], pad_id).items()}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
                 vocab = logits.shape[-1]
-                valid = labels != IGNORE_INDEX
+                valid = labels != data.IGNORE_INDEX
                 safe = labels.clamp(min=0)
                 p = torch.log_softmax(logits, -1).gather(-1, safe.unsqueeze(-1)).squeeze(-1).double().exp()
                 top = logits.topk(min(kmax, vocab), dim=-1).indices == safe.unsqueeze(-1)
@@ -158,12 +151,8 @@ def quantized_message(alpha: np.ndarray, levels: int, method: str, n_split: int)
 def compute_bounds(model, adapter, config: dict[str, Any], train_examples: list, *, device=None,
                    eos_id: int | None = None, pad_id: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(flat bound/* metrics, the full JSON report) for a SubLoRA model; α is restored afterwards."""
-    import torch
-
-    from raysweep.adapters.sublora.adapter import subspace
-
     t0 = time.perf_counter()
-    opts = adapter.opts
+    opts = adapter.options
     state = subspace(model)
     device = device if device is not None else state.alpha.device
     cfg_model = getattr(model, "config", None)
@@ -254,81 +243,9 @@ def compute_bounds(model, adapter, config: dict[str, Any], train_examples: list,
         "levels": report_levels,
         "metrics": metrics,
         "seconds": seconds,
-        "notes": "bound = empirical + sampling + complexity (bounds.py); each bound holds on its own with "
+        "notes": "bound = empirical + sampling + complexity (coding.py); each bound holds on its own with "
                  "probability ≥ 1 − delta; choosing among several trials costs ln(#trials) nats more.",
     }
     if opts.allocation_mode == "learned":
         report["gamma"] = adapter.gammas(model)
     return metrics, report
-
-
-# ------------------------------------------------------------------------------------ from a checkpoint
-
-
-def training_examples(config: dict[str, Any], tokenizer=None) -> list:
-    """The trial's tokenized training examples, rebuilt from its config (as the worker built them)."""
-    from raysweep.inputs import data, models
-
-    if tokenizer is None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(models.resolve(config["model"]["name_or_path"]),
-                                                  trust_remote_code=config["model"].get("trust_remote_code", False))
-    train, _ = data.load_splits(tokenizer, config["data"], seed=config["train"]["seed"])
-    return train
-
-
-def bounds_for_checkpoint(checkpoint_dir: Path, **overrides: Any) -> dict[str, Any]:
-    """Rebuild base model + SubLoRA adapter from a checkpoint (trial_config.json + adapter_state) and compute
-    the same report as the end of training. `overrides`: bound options (bound_levels=21, bound_quantizer=
-    "kmeans", bound_sample=..., ...) and `device`. Returns the report; its "metrics" are the bound/* metrics.
-    Nothing is written (the caller decides where bounds.json goes: `write_report`)."""
-    import torch
-
-    from raysweep import adapters
-    from raysweep.adapters.sublora.options import SubloraOptions
-    from raysweep.inputs import data, models
-    from raysweep.trial import checkpointing
-
-    checkpoint_dir = Path(checkpoint_dir)
-    config_path = checkpoint_dir / checkpointing.TRIAL_CONFIG
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{checkpoint_dir} is not a trial checkpoint (no {checkpointing.TRIAL_CONFIG})")
-    config = json.loads(config_path.read_text())
-    if config["adapter"]["type"] != "sublora":
-        raise ValueError(f"{checkpoint_dir}: adapter {config['adapter']['type']!r} has no bounds (only sublora)")
-    device = torch.device(overrides.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
-    valid = [k for k in SubloraOptions.model_fields if k.startswith("bound_")]  # not what defines θ
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown bound option(s) {unknown}; valid: {', '.join(valid)}")
-    config["adapter"] = config["adapter"] | overrides | {"bounds": True}
-    SubloraOptions(**{k: v for k, v in config["adapter"].items() if k in SubloraOptions.model_fields})
-    adapter = adapters.get("sublora")(config["adapter"])
-    base, tokenizer = models.load(config["model"])
-    model = adapter.build(base.to(device))
-    adapter.load_state_dict(model, checkpointing.load_adapter_state(checkpoint_dir))
-    data.prepare_tokenizer(tokenizer)
-    train = training_examples(config, tokenizer)
-    # eos/pad ids from the model config, as at the end of training (the same documents and batches)
-    _, report = compute_bounds(model, adapter, config, train, device=device)
-    report["checkpoint"] = str(checkpoint_dir)
-    return report
-
-
-def write_report(directory: Path, report: dict[str, Any]) -> Path:
-    path = Path(directory) / BOUNDS_REPORT
-    path.write_text(json.dumps(report, indent=2, default=float))
-    return path
-
-
-def summary(report: dict[str, Any]) -> str:
-    """A few lines for the CLI."""
-    lines = [f"message {report['message']['total_bits']} bits (KL {report['message']['kl_nats']:.1f} nats), "
-             f"{report['quantization']['levels_used']} levels"]
-    for level, r in report["levels"].items():
-        b = r["bpd"]["bound"]
-        tops = ", ".join(f"top{k} ≤ {v['value']:.3f}" for k, v in r["top_k"].items())
-        lines.append(f"{level}: bpd ≤ {b['value']:.3f} (empirical {r['bpd_empirical']:.3f}, α={r['bpd']['alpha']}, "
-                     f"{'vacuous' if b['vacuous'] else 'non-vacuous'}; m={r['units']}, n={r['sampled']}); {tops}")
-    return "\n".join(lines)

@@ -1,3 +1,4 @@
+# over 400 lines: quantizer, prefix-free code and bounds are one derivation (a bound holds only for this code length)
 """SubLoRA PAC-Bayes compression bounds: quantize α, arithmetic-code it, turn code length into a bound.
 
 Pure arithmetic on numpy arrays (no torch): the caller evaluates the *quantized* model, i.e.

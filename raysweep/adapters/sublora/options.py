@@ -6,9 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from raysweep.adapters import Family
+from raysweep.adapters.family import Family
 from raysweep.adapters.sublora.coding import DEFAULT_ALPHAS
 from raysweep.experiment import metrics as M
+from raysweep.experiment.layout import BOUNDS_REPORT
 
 DEFAULT_SPLIT_LR = 0.01
 
@@ -35,7 +36,7 @@ class SubloraOptions(BaseModel):
     mask_temperature: float = Field(10.0, gt=0, description="learned mode: C in the soft mask σ(C·(γ − i/d)); "
                                     "larger is sharper (≈0.44·d wide at 10)")
     bounds: bool = Field(True, description="compute the PAC-Bayes bounds at the end of training (bound/* metrics, "
-                                           "bounds.json in the final checkpoint)")
+                                           f"{BOUNDS_REPORT} in the final checkpoint)")
     bound_levels: int = Field(11, ge=1, description="quantization levels of α for the bound")
     bound_quantizer: Literal["uniform", "kmeans"] = Field(
         "uniform", description="uniform bins (centroid = bin mean) or k-means started from them")

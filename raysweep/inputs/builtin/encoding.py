@@ -1,7 +1,7 @@
 """A fast batched encoder for the builtin pretraining corpus (32k one-turn chats).
 
 Rendering the Jinja chat template per example dominated build time; this splices the special
-tokens around batch-tokenized contents and checks a sample against `raysweep.inputs.data.tokenize_chat`
+tokens around batch-tokenized contents and checks a sample against `raysweep.inputs.examples.tokenize_chat`
 (the trainer's encoder), so the two cannot drift apart.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerFast
 
-from raysweep.inputs.data import IGNORE_INDEX, Example, tokenize_chat
+from raysweep.inputs.examples import IGNORE_INDEX, Example, tokenize_chat
 
 
 def encode_many(tok: PreTrainedTokenizerFast, examples: list[list[dict[str, str]]]) -> list[Example]:

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cache import build_once, default_cache_dir
+from raysweep.inputs.cache import build_once, default_cache_dir
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
@@ -50,7 +50,7 @@ PRETRAIN = dict(examples=32_000, steps=400, batch_size=64, lr=1e-3, warmup=30, w
 def _pretrain(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast) -> float:
     import torch
 
-    from raysweep.inputs.data import collate
+    from raysweep.inputs.examples import collate
 
     from .corpus import pretrain_examples
     from .encoding import encode_many

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .cache import build_once, default_cache_dir
+from raysweep.inputs.cache import build_once, default_cache_dir
+
 from .corpus import Example, task_splits
 
 # Part of the directory name: bump when the generator or sizes change.

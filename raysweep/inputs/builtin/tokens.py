@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import build_once, default_cache_dir
+from raysweep.inputs.cache import build_once, default_cache_dir
+
 from .corpus import Example, task_splits
 from .model import MODEL_VERSION
 

@@ -1,4 +1,4 @@
-"""Build-once, concurrency-safe cache directories for builtin artifacts.
+"""Build-once, concurrency-safe cache directories (builtin artifacts, masks, calibrations).
 
 Several Ray workers on one node may ask for the same artifact at once. A file
 lock serializes the builders, and each artifact is built in a temp dir next to
