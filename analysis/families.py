@@ -10,19 +10,21 @@ from pathlib import Path
 
 import pandas as pd
 
-ADAPTERS = {"adapter/effective_params": "min", "eval/loss": "min"}
-MASKS = {"mask/achieved_sparsity": "max", "eval/loss": "min"}
+from raysweep.experiment import metrics as M
+
+ADAPTERS = {M.ADAPTER_EFFECTIVE_PARAMS: "min", M.EVAL_LOSS: "min"}
+MASKS = {M.MASK_ACHIEVED_SPARSITY: "max", M.EVAL_LOSS: "min"}
 # SubLoRA: complexity (KL of the compressed α, nats) against the quantized model's empirical bits per token;
 # the second view, compressed size against the bound, is a figure of its own (SUBLORA_BOUND_VIEW)
-SUBLORA = {"bound/kl_nats": "min", "bound/doc_bpd_empirical": "min"}
-SUBLORA_BOUND_VIEW = {"bound/compressed_bits": "min", "bound/doc_bpd": "min"}
+SUBLORA = {M.BOUND_KL_NATS: "min", M.BOUND_DOC_BPD_EMPIRICAL: "min"}
+SUBLORA_BOUND_VIEW = {M.BOUND_COMPRESSED_BITS: "min", M.BOUND_DOC_BPD: "min"}
 
 OBJECTIVES = {"adapters": ADAPTERS, "masks": MASKS, "sublora": SUBLORA}
 METRICS = {
     "adapters": [],
-    "masks": ["mask/target_sparsity", "mask/achieved_sparsity", "mask/violations", "mask/merged_zero_fraction"],
-    "sublora": ["adapter/gamma_mean", "bound/kl_nats", "bound/compressed_bits", "bound/doc_bpd_empirical",
-                "bound/doc_bpd", "bound/doc_top1_error_empirical", "bound/doc_top1_error"],
+    "masks": [M.MASK_TARGET_SPARSITY, M.MASK_ACHIEVED_SPARSITY, M.MASK_VIOLATIONS, M.MASK_MERGED_ZERO_FRACTION],
+    "sublora": [M.ADAPTER_GAMMA_MEAN, M.BOUND_KL_NATS, M.BOUND_COMPRESSED_BITS, M.BOUND_DOC_BPD_EMPIRICAL,
+                M.BOUND_DOC_BPD, M.bound_topk_key("document", 1, empirical=True), M.bound_topk_key("document", 1)],
 }
 
 

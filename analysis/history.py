@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from raysweep.experiment import metrics as M
 from raysweep.experiment.layout import RESULT_FILE
 
 
@@ -24,7 +25,7 @@ def load_history(frame: pd.DataFrame) -> pd.DataFrame:
                 rows.append({"trial_id": trial["trial_id"], **{a: trial[a] for a in axes},
                              **{k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}})
     history = pd.DataFrame(rows)
-    if "train/step" in history:
+    if M.TRAIN_STEP in history:
         # a resumed trial re-reports steps it had reached: keep the latest report per step
-        history = history.drop_duplicates(["trial_id", "train/step"], keep="last")
+        history = history.drop_duplicates(["trial_id", M.TRAIN_STEP], keep="last")
     return history

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from raysweep.experiment import metrics as M
 from raysweep.experiment import outcome
 from raysweep.experiment.layout import (
     PARAMS_FILE,
@@ -133,9 +134,9 @@ def print_overview(console, frame: pd.DataFrame, experiment: str, out: Path | No
     if frame.empty:
         console.print(f"{experiment}: no trials have reported yet")
         return
-    cols = [c for c in ("trial_id", "status", "flag", "adapter.type", "adapter.r", "train.seed", "train/step",
+    cols = [c for c in ("trial_id", "status", "flag", "adapter.type", "adapter.r", "train.seed", M.TRAIN_STEP,
                         "wall_time_s",
-                        "eval/loss", "eval/accuracy", "adapter/trainable_params") if c in frame]
+                        M.EVAL_LOSS, M.EVAL_ACCURACY, M.ADAPTER_TRAINABLE_PARAMS) if c in frame]
     table = Table(title=f"{experiment}: {len(frame)} trial(s)", title_justify="left")
     for c in cols:
         table.add_column(c)

@@ -24,7 +24,7 @@ class Front:
 
 
 def parse_objectives(specs: list[str]) -> dict[str, str]:
-    """`["adapter/effective_params:min", "eval/loss"]` -> {name: direction} (direction defaults to min)."""
+    """`["adapter/effective_params:min", M.EVAL_LOSS]` -> {name: direction} (direction defaults to min)."""
     out = {}
     for spec in specs:
         name, _, direction = spec.rpartition(":") if spec.endswith((":min", ":max")) else (spec, "", "min")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.aggregate import config_axes
+from raysweep.experiment import metrics as M
 from raysweep.experiment.layout import PARETO_FILE
 
 SEED = "cell/train.seed"
@@ -83,20 +84,20 @@ def curves(history: pd.DataFrame, metric: str, path: Path) -> Path:
     """`metric` over steps per configuration: mean line with a ±std band over seeds."""
     plt = _plt()
     data = history.dropna(subset=[metric])
-    if metric.startswith("eval/") and "eval/step" in data:
+    if metric.startswith("eval/") and M.EVAL_STEP in data:
         # reports between evals repeat the last eval's numbers: plot each eval at the step it was measured
-        data = data[data["eval/step"] == data["train/step"]]
+        data = data[data[M.EVAL_STEP] == data[M.TRAIN_STEP]]
     axes = [a for a in config_axes(data) if a != "status"]
     groups = list(data.groupby(axes, dropna=False) if axes else [((), data)])
     shown = varying(data, axes) if axes else axes
     below = len(groups) > 4  # many configurations: the legend goes under the plot, not over the curves
     fig, ax = plt.subplots(figsize=(4.8, 3.4 + (0.13 * len(groups) + 0.2 if below else 0)))
     for i, (key, group) in enumerate(groups):
-        stats = group.groupby("train/step")[metric].agg(["mean", "std"]).reset_index()
+        stats = group.groupby(M.TRAIN_STEP)[metric].agg(["mean", "std"]).reset_index()
         name = ", ".join(f"{a.removeprefix('cell/').split('.')[-1]}={v}" for a, v in
                          zip(axes, key if isinstance(key, tuple) else (key,), strict=True) if pd.notna(v) and a in shown)
-        ax.plot(stats["train/step"], stats["mean"], color=f"C{i % 10}", lw=1.2, label=name)
-        ax.fill_between(stats["train/step"], stats["mean"] - stats["std"].fillna(0),
+        ax.plot(stats[M.TRAIN_STEP], stats["mean"], color=f"C{i % 10}", lw=1.2, label=name)
+        ax.fill_between(stats[M.TRAIN_STEP], stats["mean"] - stats["std"].fillna(0),
                         stats["mean"] + stats["std"].fillna(0), color=f"C{i % 10}", alpha=0.2, lw=0)
     if not below:
         return _save(plt, fig, ax, "step", metric, path, legend_size=6)
@@ -128,7 +129,7 @@ def sparsity_heatmap(log: pd.DataFrame, title: str, path: Path) -> Path:
     return path
 
 
-def sparsity_quality(table: pd.DataFrame, path: Path, metric: str = "eval/loss") -> Path:
+def sparsity_quality(table: pd.DataFrame, path: Path, metric: str = M.EVAL_LOSS) -> Path:
     """`metric` (mean ± std over seeds) against target sparsity, one line per mask kind and importance."""
     plt = _plt()
     kinds = [c for c in ("cell/adapter.mask", "cell/adapter.importance") if c in table]

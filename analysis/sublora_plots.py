@@ -22,17 +22,18 @@ import pandas as pd
 
 from analysis.load import ran_to_end
 from analysis.plots import _plt
+from raysweep.experiment import metrics as M
 from raysweep.experiment.layout import ALLOCATION_LOG, BOUNDS_REPORT
 
 DIM = "cell/adapter.intrinsic_dim"
 MODE = "cell/adapter.allocation_mode"
 RATIO = "cell/adapter.allocation_ratio"
 SEEDS = ("cell/train.seed", "train.seed")
-KL = "bound/kl_nats"
-BITS = "bound/compressed_bits"
-BPD = "bound/doc_bpd"
-BPD_EMPIRICAL = "bound/doc_bpd_empirical"
-LOSS = "eval/loss"
+KL = M.BOUND_KL_NATS
+BITS = M.BOUND_COMPRESSED_BITS
+BPD = M.BOUND_DOC_BPD
+BPD_EMPIRICAL = M.BOUND_DOC_BPD_EMPIRICAL
+LOSS = M.EVAL_LOSS
 KINDS = ("q", "k", "v", "o", "gate", "up", "down")
 MARKERS = "osD^v<>p"
 _BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -59,7 +60,7 @@ def _seed(trial: pd.Series) -> object:
 
 
 def _trial_dim(trial: pd.Series, bounds: dict | None) -> float:
-    for column in (DIM, "adapter/effective_params"):
+    for column in (DIM, M.ADAPTER_EFFECTIVE_PARAMS):
         if column in trial and pd.notna(trial[column]):
             return float(trial[column])
     return float((bounds or {}).get("hypothesis", {}).get("intrinsic_dim", math.nan))

@@ -16,9 +16,10 @@ from analysis.plots import curves, frontier, sparsity_heatmap
 from analysis.report import write_report
 from analysis.tables import to_latex, to_markdown
 from raysweep.experiment import layout as L
+from raysweep.experiment import metrics as M
 
-SUMMARY_METRICS = ["eval/loss", "eval/accuracy", "eval/best_loss", "adapter/effective_params",
-                   "adapter/trainable_params", "adapter/sparsity", "train/tokens_per_s"]
+SUMMARY_METRICS = [M.EVAL_LOSS, M.EVAL_ACCURACY, M.EVAL_BEST_LOSS, M.ADAPTER_EFFECTIVE_PARAMS,
+                   M.ADAPTER_TRAINABLE_PARAMS, M.ADAPTER_SPARSITY, M.TRAIN_TOKENS_PER_S]
 
 
 def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] | None = None) -> dict[str, object]:
@@ -77,7 +78,7 @@ def write_figures(frame: pd.DataFrame, table: pd.DataFrame, objectives: dict[str
     history = load_history(frame)
     if len(history):
         history.to_csv(out / L.HISTORY_FILE, index=False)  # the long table: one row per trial and report
-    for metric in ("eval/loss", "train/loss"):
+    for metric in (M.EVAL_LOSS, M.TRAIN_LOSS):
         if metric in history and history[metric].notna().any():
             figures.append(curves(history, metric, out / f"curves_{metric.replace('/', '_')}.png"))
     for _, trial in frame.iterrows():

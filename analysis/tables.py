@@ -8,10 +8,12 @@ import math
 
 import pandas as pd
 
+from raysweep.experiment import metrics as M
+
 # which way is better, per metric (columns without an entry get no bold)
-BETTER = {"eval/loss": "min", "eval/best_loss": "min", "eval/ppl": "min", "eval/accuracy": "max",
-          "adapter/effective_params": "min", "adapter/trainable_params": "min", "adapter/sparsity": "max",
-          "train/tokens_per_s": "max"}
+BETTER = {M.EVAL_LOSS: "min", M.EVAL_BEST_LOSS: "min", M.EVAL_PPL: "min", M.EVAL_ACCURACY: "max",
+          M.ADAPTER_EFFECTIVE_PARAMS: "min", M.ADAPTER_TRAINABLE_PARAMS: "min", M.ADAPTER_SPARSITY: "max",
+          M.TRAIN_TOKENS_PER_S: "max"}
 
 
 def _fmt(x: float) -> str:

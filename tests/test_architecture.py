@@ -208,6 +208,21 @@ def test_experiment_file_names_are_spelled_only_in_the_layout():
     assert found == []
 
 
+def test_analysis_names_metrics_through_raysweep_experiment():
+    # a metric spelled twice drifts: `analyze --objectives` once named two metrics no trial reports
+    from raysweep.experiment import metrics
+
+    names = {v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str) and "/" in v}
+    names |= set(metrics.ALL_METRICS)
+    found = []
+    for name, path in source_files().items():
+        if name.startswith("analysis"):
+            tree = ast.parse(path.read_text())
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+                      if isinstance(node, ast.Constant) and node.value in names]
+    assert found == []
+
+
 def test_every_module_is_importable_by_its_name():
     # the graph is keyed by module names; a typo in the walk (or a stray file) would hide modules from it
     for name in source_files():

@@ -29,6 +29,7 @@ class Family:
     options: str | None = None  # "module:Class" of its pydantic options model (no torch); None: no options
     zero_stages: tuple[int, ...] = (2, 3)  # DeepSpeed ZeRO stages it was checked under (config/rules.py)
     zero_refusal: str = ""  # why it does not run under the other stages (said in the error)
+    rewrites_base: str = ""  # how it changes the base weights themselves ('' if it does not): no 4-bit base
     cost_free_options: frozenset[str] = frozenset()  # besides COMMON_COST_FREE_OPTIONS
     # extra columns of the live progress table: (header, "option" | "metric", option key or metric name)
     progress_columns: tuple[tuple[str, str, str], ...] = ()

@@ -165,13 +165,13 @@ def cmd_masks(args) -> int:
 def cmd_bounds(args) -> int:
     import json
 
-    from raysweep.trial import checkpointing
+    from raysweep.experiment.layout import TRIAL_CONFIG, find_checkpoints
 
     path = Path(args.path).expanduser()
     if not path.exists():
         raise BadInput(f"{args.path}: no such directory; give an experiment, trial or checkpoint directory")
-    checkpoints = [c for c in checkpointing.find_checkpoints(path)
-                   if json.loads((c / checkpointing.TRIAL_CONFIG).read_text())["adapter"]["type"] == "sublora"]
+    checkpoints = [c for c in find_checkpoints(path)
+                   if json.loads((c / TRIAL_CONFIG).read_text())["adapter"]["type"] == "sublora"]
     if not checkpoints:
         raise BadInput(f"{args.path}: no checkpoint of a sublora trial found there; bounds apply to "
                        "adapter.type sublora (give its experiment, trial or checkpoint directory)")

@@ -3,14 +3,14 @@
 Imports no torch, peft, Ray or anything below the config layer except the adapters' registry and option
 models. The names below are the layer's public face; each lives in one module of this folder:
 schema.py (the sections, validation of a trial and a sweep), issues.py (ConfigIssue, ConfigError),
-rules.py (rules across sections), load.py (reading the file, overrides), grid.py (expansion, trial configs).
+rules.py (rules across sections), loading.py (reading the file, overrides), grid.py (expansion, trial configs).
 """
 
 from __future__ import annotations
 
 from raysweep.config.grid import Trial, expand, resolve, run_config, trial_config, trial_count
 from raysweep.config.issues import ConfigError, ConfigIssue, pydantic_issues, suggest
-from raysweep.config.load import apply_overrides, load, read_yaml
+from raysweep.config.loading import apply_overrides, load, read_yaml
 from raysweep.config.rules import validate_scheduler, validate_search, zero_stage
 from raysweep.config.schema import (
     NAME_PATTERN,

@@ -106,12 +106,10 @@ def metric_names() -> list[str]:
 
 def quantization_problems(trial: TrialConfig) -> list[tuple[str, str]]:
     """(key path, message) for 4-bit loading with an adapter that cannot use it."""
-    # the one family that edits the base weights themselves (adapters.Family has no capability for it)
-    pruning = "masked"
-    if trial.model.load_in_4bit and trial.adapter.type == pruning:
-        adapters.names()  # fills the registry
-        others = "/".join(name for name in adapters.FAMILIES if name != pruning)
-        return [("model.load_in_4bit", f"adapter {pruning!r} prunes the base weights (W ⊙ M), which 4-bit loading "
+    family = adapters.family(trial.adapter.type)
+    if trial.model.load_in_4bit and family.rewrites_base:
+        others = "/".join(name for name in adapters.FAMILIES if not adapters.family(name).rewrites_base)
+        return [("model.load_in_4bit", f"adapter {family.name!r} {family.rewrites_base}, which 4-bit loading "
                                        f"stores quantized; set model.load_in_4bit: false, or use {others}")]
     return []
 

@@ -2,7 +2,7 @@
 and the key paths a grid axis may sweep.
 
 Validation happens before Ray starts. Problems are collected (never the first one only) as ConfigIssues
-(config/issues.py); the rules across sections are in config/rules.py, reading the file in config/load.py,
+(config/issues.py); the rules across sections are in config/rules.py, reading the file in config/loading.py,
 grid expansion in config/grid.py.
 """
 

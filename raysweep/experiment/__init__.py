@@ -1,1 +1,1 @@
-"""What an experiment directory holds: file and folder names (layout) and metric names."""
+"""What an experiment directory holds: file and folder names (layout), metric names, how a trial ended (outcome)."""

@@ -59,10 +59,9 @@ def executor(sweep: Sweep) -> str:
 
 def shared_store(sweep_raw: dict[str, Any]) -> str | None:
     """The experiments' storage root (shared storage on a cluster): trials, and later sweeps, share what
-    is stored there by key, e.g. pruning masks under <storage>/masks/. A URI storage (s3://) is not a
-    directory a trial can lock files in: then each node keeps its own copy in the local cache."""
-    storage = sweep_raw.get("storage")
-    return None if not storage or "://" in str(storage) else storage
+    is stored there by key, e.g. pruning masks under <storage>/masks/ (the CLI refuses URI storage, so this
+    is always a directory)."""
+    return sweep_raw.get("storage") or None
 
 
 def actor_trial_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any]) -> None:

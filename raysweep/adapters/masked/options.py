@@ -42,6 +42,7 @@ FAMILY = Family(
     options="raysweep.adapters.masked.options:MaskOptions", zero_stages=(2,),
     # ZeRO-3 holds a weight whole only inside its own module's forward; the mask merges pruned base weights
     zero_refusal="it uses weights outside their own module's forward, where ZeRO-3 holds only a partition",
+    rewrites_base="prunes the base weights (W ⊙ M)",
     cost_free_options=frozenset({"sparsity", "mask_seed"}),
     progress_columns=(("mask", "option", "mask"), ("importance", "option", "importance"),
                       ("sparsity", "option", "sparsity"), ("violations", "metric", M.MASK_VIOLATIONS)),
