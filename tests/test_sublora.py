@@ -1,3 +1,4 @@
+# over 400 lines: one family's options, maths and trial-level checks share the fixtures above the trials
 """SubLoRA: θ = θ₀ + P·α over the LoRA parameters. Allocation sizes per mode, only α (and the split logits)
 train, θ(0) = θ₀, the soft mask's gradient, projector memory, the trial-end bounds and bounds.json,
 the per-module γ log, the peft export, exact resume, and bounds recomputed from a checkpoint."""
