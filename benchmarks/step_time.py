@@ -51,7 +51,7 @@ def bare_loop(steps: int, adapter: str, rank: int, seed: int) -> float:
     train, val = ensure_builtin_task()
     cfg = {"task": "chat", "train_file": str(train), "validation_file": str(val), "validation_split": 0.1,
            "max_seq_len": 32, "max_train_examples": None, "max_eval_examples": None}
-    examples, evals = data.load_splits(tok, cfg, seed=seed)
+    examples, evals = data.load_splits(tok, cfg)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
 
     def eval_loss():

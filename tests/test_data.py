@@ -55,7 +55,7 @@ def test_chat_files_load_and_hold_out_validation(tmp_path, tokenizer):
     train = chat_file(tmp_path / "train.jsonl", [CONV] * 20)
     cfg = {"task": "chat", "train_file": str(train), "validation_file": None, "validation_split": 0.25,
            "max_seq_len": 64, "max_train_examples": None, "max_eval_examples": None}
-    tr, ev = data.load_splits(tokenizer, cfg, seed=0)
+    tr, ev = data.load_splits(tokenizer, cfg)
     assert (len(tr), len(ev)) == (15, 5)
 
 
@@ -64,7 +64,7 @@ def test_plain_text_is_chunked_with_labels_equal_to_inputs(tmp_path, tokenizer):
     path.write_text("a b c d e f g h " * 50)
     cfg = {"task": "text", "train_file": str(path), "validation_file": str(path), "validation_split": 0.1,
            "max_seq_len": 16, "max_train_examples": None, "max_eval_examples": None}
-    tr, ev = data.load_splits(tokenizer, cfg, seed=0)
+    tr, ev = data.load_splits(tokenizer, cfg)
     assert all(len(e.input_ids) <= 16 for e in tr) and len(tr) > 5
     assert all(e.labels == e.input_ids for e in tr)
 
@@ -124,19 +124,19 @@ def test_token_files_are_cut_into_blocks_with_labels_equal_to_inputs(tmp_path, t
     d = token_dir(tmp_path / "tok", train=range(10, 20), val=[5, 6, 7, 8, 9])
     assert data.check_files(tokens_cfg(d)) == []
     assert data.resolve_files(tokens_cfg(d)) == (d / "train.bin", d / "val.bin")
-    tr, ev = data.load_splits(tokenizer, tokens_cfg(d), seed=0)
+    tr, ev = data.load_splits(tokenizer, tokens_cfg(d))
     # 10 tokens, blocks of 4: the last block keeps 2 tokens (one prediction), as chunk_text cuts text
     assert [e.input_ids for e in tr] == [[10, 11, 12, 13], [14, 15, 16, 17], [18, 19]]
     assert all(e.labels == e.input_ids for e in tr + ev)
     assert [e.input_ids for e in ev] == [[5, 6, 7, 8]]  # a 1-token tail predicts nothing: dropped
-    tr, ev = data.load_splits(tokenizer, tokens_cfg(d, max_train_examples=2, max_eval_examples=1), seed=0)
+    tr, ev = data.load_splits(tokenizer, tokens_cfg(d, max_train_examples=2, max_eval_examples=1))
     assert [e.input_ids for e in tr] == [[10, 11, 12, 13], [14, 15, 16, 17]] and len(ev) == 1
 
 
 def test_token_ids_beyond_the_tokenizer_are_rejected_when_loading(tmp_path, tokenizer):
     d = token_dir(tmp_path / "tok", train=[1, 2, len(tokenizer)], val=[1, 2, 3])
     with pytest.raises(data.DataError, match=r"data\.data_dir.*train\.bin.*another tokenizer"):
-        data.load_splits(tokenizer, tokens_cfg(d), seed=0)
+        data.load_splits(tokenizer, tokens_cfg(d))
 
 
 def test_token_documents_split_by_eot_file(tmp_path):
@@ -238,5 +238,5 @@ def test_builtin_token_corpus_round_trips_through_the_builtin_tokenizer(tokenize
     finally:
         (d / "val_eot.bak").rename(d / "val_eot.npy")
     assert [x.tolist() for x in by_eos] == [x.tolist() for x in val_docs]
-    tr, ev = data.load_splits(tokenizer, cfg, seed=0)
+    tr, ev = data.load_splits(tokenizer, cfg)
     assert tr and ev and all(len(e.input_ids) <= 64 and e.labels == e.input_ids for e in tr + ev)

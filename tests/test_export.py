@@ -75,7 +75,7 @@ def eval_loss_with_peft(out: Path, masked: bool = False) -> float:
     if masked:
         apply_saved_masks(model, out)
     tok = AutoTokenizer.from_pretrained(out)
-    _, evals = data.load_splits(tok, cfg["data"], seed=cfg["train"]["seed"])
+    _, evals = data.load_splits(tok, cfg["data"])
     return evaluate(model, evals, cfg, LocalSession(out), tok.pad_token_id)[M.EVAL_LOSS]
 
 
@@ -89,7 +89,7 @@ NO_PEFT = textwrap.dedent("""
     out = sys.argv[1]
     cfg = json.load(open(out + "/trial_config.json"))
     model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
-    _, evals = data.load_splits(tok, cfg["data"], seed=cfg["train"]["seed"])
+    _, evals = data.load_splits(tok, cfg["data"])
     loss = evaluate(model, evals, cfg, LocalSession(out), tok.pad_token_id)["eval/loss"]
     print(json.dumps({"loss": loss, "params": [n for n, _ in model.named_parameters()]}))
 """)

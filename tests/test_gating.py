@@ -186,7 +186,7 @@ def test_sparsity_grows_with_lambda_and_the_checkpoint_export_reproduces_eval_lo
     cfg = trial_config(train={"max_steps": 60, "eval_every": 30, "lr": 3e-3, "seed": 0}, adapter={"type": "sora"})
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(builtin_model_dir), final / "adapter")
     tok = AutoTokenizer.from_pretrained(builtin_model_dir)
-    _, evals = data.load_splits(tok, cfg["data"], seed=0)
+    _, evals = data.load_splits(tok, cfg["data"])
     loss = evaluate(model, evals, cfg, LocalSession(tmp_path), tok.pad_token_id)[M.EVAL_LOSS]
     assert loss == pytest.approx(last[1.0][M.EVAL_LOSS], rel=1e-4)
 

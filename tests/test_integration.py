@@ -53,7 +53,7 @@ def eval_loss_of_saved_adapter(checkpoint: Path) -> float:
     base_dir = models.resolve(cfg["model"]["name_or_path"])
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), checkpoint / "adapter")
     tok = AutoTokenizer.from_pretrained(base_dir)
-    _, evals = data.load_splits(tok, cfg["data"], seed=cfg["train"]["seed"])
+    _, evals = data.load_splits(tok, cfg["data"])
     return evaluate(model, evals, cfg, LocalSession(checkpoint), tok.pad_token_id)["eval/loss"]
 
 

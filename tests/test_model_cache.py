@@ -82,3 +82,34 @@ def test_one_base_per_process_evicted_when_the_key_changes(tmp_path, builtin_mod
     os.utime(gpt2 / "model.safetensors", ns=(1, 1))  # weights rewritten, config untouched
     _, _, hit, _ = model_cache.base_model(llama | {"name_or_path": str(gpt2)}, torch.device("cpu"))
     assert not hit and model_cache.cached_base() is not cached
+
+
+def test_a_seed_sweep_tokenizes_its_data_once_per_process(builtin_model_dir, builtin_task_files, monkeypatch):
+    """train.seed orders the examples, it never changes their tokens or the held-out split: trials of a seed
+    sweep in one reused actor share one tokenization; a change to data.* tokenizes again."""
+    from raysweep.inputs import data
+    from raysweep.trial.loop import setup_data
+
+    calls = []
+    tokenize = data.load_splits
+    monkeypatch.setattr(data, "load_splits", lambda *args: calls.append(args) or tokenize(*args))
+    _, tokenizer, _, _ = model_cache.base_model(trial_config()["model"], torch.device("cpu"))
+    first = setup_data(trial_config(train={"seed": 0}), tokenizer)
+    second = setup_data(trial_config(train={"seed": 7}), tokenizer)
+    assert len(calls) == 1 and second[0] is first[0] and second[1] is first[1]
+    shorter = setup_data(trial_config(train={"seed": 7}, data={"max_seq_len": 24}), tokenizer)
+    assert len(calls) == 2 and max(len(e.input_ids) for e in shorter[0]) <= 24
+
+
+def test_trials_of_two_seeds_in_one_process_match_each_alone(tmp_path, builtin_model_dir):
+    """The shared tokenization changes nothing a trial computes: seed 1 after seed 0 in one process gives
+    the eval losses of seed 1 in a fresh cache."""
+    cfg = {"train": {"max_steps": 10, "eval_every": 5, "seed": 1}}
+    run_training(trial_config(train={"max_steps": 10, "eval_every": 5, "seed": 0}), LocalSession(tmp_path / "a"))
+    after = LocalSession(tmp_path / "b")
+    run_training(trial_config(**cfg), after)
+    model_cache.clear()
+    alone = LocalSession(tmp_path / "c")
+    run_training(trial_config(**cfg), alone)
+    steps = lambda s: {r[M.TRAIN_STEP]: r[M.EVAL_LOSS] for r in s.results if M.EVAL_LOSS in r}  # noqa: E731
+    assert steps(after) == steps(alone) and len(steps(alone)) >= 3

@@ -41,7 +41,7 @@ def test_eval_loss_falls_and_final_checkpoint_reproduces_it(tmp_path, builtin_mo
     assert json.loads((final / checkpointing.TRIAL_CONFIG).read_text()) == cfg
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(builtin_model_dir), final / "adapter")
     tok = AutoTokenizer.from_pretrained(builtin_model_dir)
-    _, evals = data.load_splits(tok, cfg["data"], seed=0)
+    _, evals = data.load_splits(tok, cfg["data"])
     reproduced = evaluate(model, evals, cfg, LocalSession(tmp_path), tok.pad_token_id)
     assert reproduced[M.EVAL_LOSS] == pytest.approx(last[M.EVAL_LOSS], rel=1e-5)
     assert reproduced[M.EVAL_ACCURACY] == pytest.approx(last[M.EVAL_ACCURACY])
@@ -76,7 +76,7 @@ def test_best_adapter_is_kept_in_every_checkpoint(tmp_path, builtin_model_dir):
     best_loss = session.results[-1][M.EVAL_BEST_LOSS]
     assert best_loss == evals[10] and evals[30] < best_loss
     tok = AutoTokenizer.from_pretrained(builtin_model_dir)
-    _, eval_set = data.load_splits(tok, cfg["data"], seed=0)
+    _, eval_set = data.load_splits(tok, cfg["data"])
     for sub, expected in (("best_adapter", best_loss), ("adapter", session.results[-1][M.EVAL_LOSS])):
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(builtin_model_dir), last / sub)
         got = evaluate(model, eval_set, cfg, LocalSession(tmp_path), tok.pad_token_id)[M.EVAL_LOSS]

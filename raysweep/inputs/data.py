@@ -123,8 +123,9 @@ def check_files(data: dict[str, Any]) -> list[str]:
     return problems
 
 
-def load_splits(tokenizer, data: dict[str, Any], seed: int) -> tuple[list[Example], list[Example]]:
-    """Tokenized (train, eval) examples for a trial's data config."""
+def load_splits(tokenizer, data: dict[str, Any]) -> tuple[list[Example], list[Example]]:
+    """Tokenized (train, eval) examples for a trial's data config. No seed: the tokenization and the held-out
+    split depend on the data only, so every trial of a sweep (any train.seed) evaluates on the same examples."""
     prepare_tokenizer(tokenizer)
     if is_token_task(data["task"]):
         train, evals = _load_token_splits(tokenizer, data)

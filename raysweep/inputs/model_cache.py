@@ -143,17 +143,17 @@ def base_model(model_cfg: dict[str, Any], device) -> tuple[Any, Any, bool, float
     return fresh_view(model), copy.deepcopy(tokenizer), hit, time.perf_counter() - t0
 
 
-def splits(model_cfg: dict[str, Any], data_cfg: dict[str, Any], seed: int, data_files: list[str],
+def splits(model_cfg: dict[str, Any], data_cfg: dict[str, Any], data_files: list[str],
            build: Callable[[], Any]) -> tuple[Any, bool]:
-    """The tokenized (train, eval) splits, built once per (tokenizer, data config, files, seed)."""
+    """The tokenized (train, eval) splits, built once per (tokenizer, data config, files and their stamps).
+    Trials must not modify them (they are shared by every trial of this process)."""
     global _splits
     if not enabled():
         return build(), False
     from raysweep.inputs import models
 
     source = models.resolve(model_cfg["name_or_path"])  # the tokenizer's identity
-    key = (source, stamp(source), json.dumps(data_cfg, sort_keys=True), seed,
-           tuple((f, stamp(f)) for f in data_files))
+    key = (source, stamp(source), json.dumps(data_cfg, sort_keys=True), tuple((f, stamp(f)) for f in data_files))
     if _splits is not None and _splits[0] == key:
         return _splits[1], True
     _splits = None

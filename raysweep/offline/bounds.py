@@ -25,7 +25,7 @@ from raysweep.trial import checkpointing
 
 def training_examples(config: dict[str, Any], tokenizer) -> list:
     """The trial's tokenized training examples, rebuilt from its config (as the training loop built them)."""
-    train, _ = data.load_splits(tokenizer, config["data"], seed=config["train"]["seed"])
+    train, _ = data.load_splits(tokenizer, config["data"])
     return train
 
 

@@ -391,7 +391,7 @@ def _evaluate_export(cfg: dict[str, Any], out: Path, merged: bool, masked: bool,
     else:
         model = _adapted(cfg["model"], adapter_dir or out, masked)
     tokenizer = AutoTokenizer.from_pretrained(str(out), trust_remote_code=remote)
-    _, eval_set = data.load_splits(tokenizer, cfg["data"], seed=cfg["train"]["seed"])
+    _, eval_set = data.load_splits(tokenizer, cfg["data"])
     session = LocalSession(out)
     model.to(session.device())
     return evaluate(model, eval_set, cfg, session, tokenizer.pad_token_id)[M.EVAL_LOSS]

@@ -90,9 +90,10 @@ def setup_data(config: dict[str, Any], tokenizer):
     from raysweep.inputs import data, model_cache
 
     files = [str(f) for f in data.resolve_files(config["data"]) if f]
+    # keyed without train.seed: the seed orders the examples (micro_batches), never tokenizes them, so a
+    # seed sweep in a reused actor tokenizes once
     (train, evals), hit = model_cache.splits(
-        config["model"], config["data"], config["train"]["seed"], files,
-        build=lambda: data.load_splits(tokenizer, config["data"], seed=config["train"]["seed"]))
+        config["model"], config["data"], files, build=lambda: data.load_splits(tokenizer, config["data"]))
     if hit:
         data.prepare_tokenizer(tokenizer)  # what load_splits would have done to this trial's tokenizer
     return train, evals
