@@ -223,10 +223,14 @@ def test_analysis_names_metrics_through_raysweep_experiment():
     assert found == []
 
 
-def test_every_module_is_importable_by_its_name():
-    # the graph is keyed by module names; a typo in the walk (or a stray file) would hide modules from it
+def test_the_graph_sees_every_module_and_function_local_imports(edges):
+    # the rules are only as good as the walk: every file is a module Python can find by that name, and an
+    # import inside a function counts (the training loop imports the adapters registry inside setup_model)
     for name in source_files():
         assert importlib.util.find_spec(name) is not None, name
+    local = {(target, top) for target, _, top in edges["raysweep.trial.loop"]}
+    assert ("raysweep.adapters", False) in local
+    assert ("raysweep.experiment.metrics", True) in {(t, top) for t, _, top in edges["raysweep.trial.loop"]}
 
 
 # ------------------------------------------------------------------------- each checker catches what it must

@@ -89,8 +89,16 @@ def cmd_run(args) -> int:
     if line := header_line(sweep, trials, at_once):
         console.print(line)
     callback = ProgressCallback(experiment_path, lambda cell: G.trial_config(saved, cell), console)
+    return _watch(lambda: driver.run(sweep, saved, trials, str(storage), name, [callback], at_once,
+                                     tensorboard=args.tensorboard), callback, sweep, experiment_path)
+
+
+def _watch(fit, callback, sweep, experiment_path: str) -> int:
+    """Run the sweep (`fit`); on Ctrl-C keep trials.csv and say how to resume; always shut Ray down."""
+    from raysweep.sweep import driver
+
     try:
-        driver.run(sweep, saved, trials, str(storage), name, [callback], at_once, tensorboard=args.tensorboard)
+        fit()
     except KeyboardInterrupt:
         callback.write_csv()
         console.print(f"interrupted; resume with: python -m raysweep resume {experiment_path}")
@@ -122,16 +130,8 @@ def cmd_resume(args) -> int:
     driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
                     warm_imports=driver.executor(sweep) == "actor")
     callback = ProgressCallback(experiment_path, lambda cell: G.trial_config(raw, cell), console)
-    try:
-        driver.resume(experiment_path, sweep, raw, [callback], retry_errored=args.retry_errored,
-                      tensorboard=args.tensorboard)
-    except KeyboardInterrupt:
-        callback.write_csv()
-        console.print(f"interrupted; resume with: python -m raysweep resume {experiment_path}")
-        return EXIT_INTERRUPTED
-    finally:
-        driver.shutdown_ray()
-    return _finish(callback, sweep.search, experiment_path)
+    return _watch(lambda: driver.resume(experiment_path, sweep, raw, [callback], retry_errored=args.retry_errored,
+                                        tensorboard=args.tensorboard), callback, sweep, experiment_path)
 
 
 def cmd_masks(args) -> int:

@@ -48,14 +48,19 @@ def resolve(base_raw: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     """The raw trial dict: base values with the cell's axis values set at their key paths."""
     raw = {k: copy.deepcopy(v) for k, v in base_raw.items() if k in TrialConfig.model_fields}
     for key, value in cell.items():
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = copy.deepcopy(value)
+        set_path(raw, key, copy.deepcopy(value))
     return raw
+
+
+def set_path(raw: dict[str, Any], key: str, value: Any) -> None:
+    """raw[a][b][c] = value for key "a.b.c", creating (or replacing non-mapping) parents on the way."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
 
 
 def trial_config(base_raw: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:

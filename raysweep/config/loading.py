@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from raysweep.config.grid import Trial, expand
+from raysweep.config.grid import Trial, expand, set_path
 from raysweep.config.issues import ConfigError, ConfigIssue
 
 if TYPE_CHECKING:
@@ -106,11 +106,5 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> list[ConfigIss
         for sub in grid if isinstance(grid, list) else [grid]:
             if isinstance(sub, dict):
                 sub.pop(key, None)
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
+        set_path(raw, key, value)
     return issues

@@ -87,12 +87,18 @@ class TrainSession(Session):
     def latest_checkpoint(self):
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            yield None
-            return
-        with checkpoint.as_directory() as d:
-            yield Path(d)
+        with _opened(ray.train.get_checkpoint()) as directory:
+            yield directory
+
+
+@contextlib.contextmanager
+def _opened(checkpoint) -> Iterator[Path | None]:
+    """A Ray checkpoint (Train's or Tune's, or None) as a local directory while the block runs."""
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as d:
+        yield Path(d)
 
 
 class TuneSession(Session):
@@ -116,12 +122,8 @@ class TuneSession(Session):
     def latest_checkpoint(self):
         from ray import tune
 
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
-            yield None
-            return
-        with checkpoint.as_directory() as d:
-            yield Path(d)
+        with _opened(tune.get_checkpoint()) as directory:
+            yield directory
 
 
 class LocalSession(Session):

@@ -264,7 +264,7 @@ def calibrate(trial: dict[str, Any], target_s: float = 2.0, log: Callable[[str],
                 model_cache.clear()
                 cold = _run(trial, n1, n1, Path(store))  # run 0: cold base and data
             else:
-                _run(trial, n1, n1, Path(store))  # run 0: warm-up (cache this trial's data and seed)
+                _run(trial, n1, n1, Path(store))  # run 0: warm-up (caches this trial's base and data)
             run1 = _run(trial, n1, n1, Path(store))
             if cold_key not in shared:
                 shared[cold_key] = (max(0.0, cold.first[M.SYS_MODEL_LOAD_S] - run1.first[M.SYS_MODEL_LOAD_S]),
