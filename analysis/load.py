@@ -136,13 +136,18 @@ def print_overview(console, frame: pd.DataFrame, experiment: str, out: Path | No
         return
     cols = [c for c in ("trial_id", "status", "flag", "adapter.type", "adapter.r", "train.seed", M.TRAIN_STEP,
                         "wall_time_s",
-                        M.EVAL_LOSS, M.EVAL_ACCURACY, M.ADAPTER_TRAINABLE_PARAMS) if c in frame]
+                        M.EVAL_LOSS, M.EVAL_ACCURACY, M.ADAPTER_TRAINABLE_PARAMS, M.BOUND_DOC_BPD) if c in frame]
     table = Table(title=f"{experiment}: {len(frame)} trial(s)", title_justify="left")
     for c in cols:
         table.add_column(c)
     for _, row in frame[cols].iterrows():
         table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
     console.print(table)
+    if M.BOUND_DOC_BPD in frame:  # SubLoRA: the per-trial bounds above, and the sweep's best with its ln N
+        from analysis.sweep_bounds import lines
+
+        for line in lines(frame, ran_to_end(frame)):
+            console.print(line, markup=False, highlight=False)
     out = (out or Path(experiment).expanduser()) / SUMMARY_CSV
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)

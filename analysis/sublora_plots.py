@@ -13,7 +13,6 @@ Reads JSON and CSV only; matplotlib is imported lazily (Agg) through plots._plt.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 
 from analysis.load import ran_to_end
 from analysis.plots import _plt
+from analysis.sweep_bounds import read_bounds
 from raysweep.experiment import metrics as M
 from raysweep.experiment.layout import ALLOCATION_LOG, BOUNDS_REPORT
 
@@ -40,17 +40,6 @@ _BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
 
 # ---------------------------------------------------------------- data preparation (no matplotlib)
-
-def read_bounds(checkpoint: object) -> dict | None:
-    """bounds.json of a checkpoint directory, or None (no path, no file, unreadable)."""
-    if not isinstance(checkpoint, str) or not checkpoint:
-        return None
-    path = Path(checkpoint) / BOUNDS_REPORT
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
-
 
 def _seed(trial: pd.Series) -> object:
     for column in SEEDS:

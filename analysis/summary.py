@@ -51,6 +51,10 @@ def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] |
                      "from an earlier step); a configuration shows only its seeds that ran to the end.")
     if len(front.excluded):
         notes.append(f"{len(front.excluded)} configuration(s) left out of the front (missing or non-finite objective).")
+    if M.BOUND_DOC_BPD in frame:  # SubLoRA: per-trial bounds are in the table; the sweep's best pays ln N
+        from analysis.sweep_bounds import lines
+
+        notes += lines(frame, ran_to_end(frame))
     write_report(out / L.REPORT_FILE, title=f"raysweep: {Path(str(frame['trial_path'].iloc[0])).parent.name}",
                  table=table, metrics=shown, objectives=objectives, on_front=front.on_front, figures=figures,
                  notes=notes)

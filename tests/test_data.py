@@ -127,7 +127,7 @@ def test_token_files_are_cut_into_blocks_with_labels_equal_to_inputs(tmp_path, t
     tr, ev = data.load_splits(tokenizer, tokens_cfg(d))
     # 10 tokens, blocks of 4: the last block keeps 2 tokens (one prediction), as chunk_text cuts text
     assert [e.input_ids for e in tr] == [[10, 11, 12, 13], [14, 15, 16, 17], [18, 19]]
-    assert all(e.labels == e.input_ids for e in tr + ev)
+    assert all(e.labels == e.input_ids for e in [*tr, *ev])
     assert [e.input_ids for e in ev] == [[5, 6, 7, 8]]  # a 1-token tail predicts nothing: dropped
     tr, ev = data.load_splits(tokenizer, tokens_cfg(d, max_train_examples=2, max_eval_examples=1))
     assert [e.input_ids for e in tr] == [[10, 11, 12, 13], [14, 15, 16, 17]] and len(ev) == 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from raysweep import adapters
-from raysweep.adapters.sora import gating
+from raysweep.adapters.sora import gating, schedules
 from raysweep.experiment import metrics as M
 from raysweep.trial.loop import run_training
 from raysweep.trial.session import LocalSession
@@ -48,11 +48,12 @@ def test_soft_threshold_is_one_step_not_three_masks():
 @pytest.mark.parametrize(("schedule", "progress", "expected"), [
     ("constant", 0.7, 0.1),
     ("linear", 0.0, 0.1), ("linear", 0.5, 0.3), ("linear", 1.0, 0.5),
-    ("log_linear", 0.5, math.sqrt(0.1 * 0.5)), ("log_linear", 1.0, 0.5),
+    ("log_linear", 0.5, math.log((math.exp(0.1) + math.exp(0.5)) / 2)), ("log_linear", 1.0, 0.5),
+    ("exp_linear", 0.5, math.sqrt(0.1 * 0.5)), ("exp_linear", 1.0, 0.5),
     ("exp", 0.0, 0.1), ("exp", 1.0, 0.5), ("exp", 0.5, 0.1 + 0.4 * (math.exp(2.5) - 1) / (math.exp(5) - 1)),
 ])
 def test_lambda_schedules_rise_from_lambda_to_lambda_final(schedule, progress, expected):
-    assert gating.threshold_at(progress, 0.1, 0.5, schedule) == pytest.approx(expected)
+    assert schedules.lambda_at(progress, 0.1, 0.5, schedule) == pytest.approx(expected)
 
 
 def build(name, model_dir, r=4, **options):

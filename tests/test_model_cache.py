@@ -84,20 +84,23 @@ def test_one_base_per_process_evicted_when_the_key_changes(tmp_path, builtin_mod
     assert not hit and model_cache.cached_base() is not cached
 
 
-def test_a_seed_sweep_tokenizes_its_data_once_per_process(builtin_model_dir, builtin_task_files, monkeypatch):
+def test_a_seed_sweep_tokenizes_its_data_once_per_process(builtin_model_dir, builtin_task_files, monkeypatch,
+                                                          tmp_path):
     """train.seed orders the examples, it never changes their tokens or the held-out split: trials of a seed
     sweep in one reused actor share one tokenization; a change to data.* tokenizes again."""
     from raysweep.inputs import data
     from raysweep.trial.loop import setup_data
 
     calls = []
-    tokenize = data.load_splits
-    monkeypatch.setattr(data, "load_splits", lambda *args: calls.append(args) or tokenize(*args))
+    tokenize = data.tokenize_files
+    monkeypatch.setattr(data, "tokenize_files", lambda *args: calls.append(args) or tokenize(*args))
     _, tokenizer, _, _ = model_cache.base_model(trial_config()["model"], torch.device("cpu"))
-    first = setup_data(trial_config(train={"seed": 0}), tokenizer)
-    second = setup_data(trial_config(train={"seed": 7}), tokenizer)
+    store = {"_store": str(tmp_path)}
+    first = setup_data(trial_config(train={"seed": 0}) | store, tokenizer)
+    second = setup_data(trial_config(train={"seed": 7}) | store, tokenizer)
     assert len(calls) == 1 and second[0] is first[0] and second[1] is first[1]
-    shorter = setup_data(trial_config(train={"seed": 7}, data={"max_seq_len": 24}), tokenizer)
+    assert first[2] and not second[2]  # the first trial tokenized, the second reused
+    shorter = setup_data(trial_config(train={"seed": 7}, data={"max_seq_len": 24}) | store, tokenizer)
     assert len(calls) == 2 and max(len(e.input_ids) for e in shorter[0]) <= 24
 
 

@@ -154,6 +154,36 @@ def test_merged_weights_keep_every_zero_and_forward_matches(builtin_model_dir, t
         assert torch.allclose(merged(input_ids=ids).logits, unmerged, atol=1e-4)
 
 
+def test_two_four_mask_survives_merge_and_unload_exactly(builtin_model_dir, tmp_path):
+    """2:4 after peft's merge: in every group of 4 consecutive inputs exactly the 2 pruned weights are 0."""
+    model, adapter, ids, metrics, ctx = masked_model(builtin_model_dir, tmp_path, sparsity=0.5, mask="2:4")
+    assert metrics[M.MASK_ACHIEVED_SPARSITY] == 0.5
+    assert adapter.on_train_end(model, ctx)[0][M.MASK_VIOLATIONS] == 0
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+    merged = model.merge_and_unload()
+    for name, keep in adapter.masks.items():
+        weight = merged.get_submodule(name).weight.detach()
+        out_f, in_f = keep.shape
+        groups = keep.reshape(out_f, in_f // 4, 4)
+        assert (groups.sum(-1) == 2).all(), name  # the mask itself is 2:4
+        assert torch.equal(weight != 0, keep), name  # zero exactly where pruned, nonzero where kept
+        assert ((weight != 0).reshape(out_f, in_f // 4, 4).sum(-1) == 2).all(), name
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, unmerged, atol=1e-4)
+
+
+def test_structured_cols_mask_survives_merge_as_whole_zero_columns(builtin_model_dir, tmp_path):
+    model, adapter, ids, metrics, ctx = masked_model(builtin_model_dir, tmp_path, sparsity=0.25, mask="structured_cols")
+    assert metrics[M.MASK_ACHIEVED_SPARSITY] == 0.25  # in_features 128 and 256: 0.25 of them exactly
+    merged = model.merge_and_unload()
+    for name, keep in adapter.masks.items():
+        weight = merged.get_submodule(name).weight.detach()
+        dead = ~keep.all(0)
+        assert int(dead.sum()) == keep.shape[1] // 4 and (~keep[:, dead]).all(), name  # whole input columns
+        assert (weight[:, dead] == 0).all() and (weight[:, ~dead] != 0).float().mean() > 0.99, name
+
+
 def test_an_unmasked_update_would_be_caught(builtin_model_dir, tmp_path):
     model, adapter, ids, _, ctx = masked_model(builtin_model_dir, tmp_path, sparsity=0.5)
     name, (owner, _, _) = next(iter(adapter.layers.items()))

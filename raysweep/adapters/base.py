@@ -91,6 +91,10 @@ class Adapter:
     def after_optimizer_step(self, model, optimizer, progress: float) -> None:
         """Called after every optimizer step (e.g. proximal steps on gates); progress = step / total ∈ (0, 1]."""
 
+    def stage_ends(self, steps: int) -> list[int]:
+        """The steps where each training stage ends, the last one ending training (default: one stage)."""
+        return [steps]
+
     def layer_log(self, model) -> dict[str, float] | None:
         """Per-module values logged with every eval/log report into the LAYER_LOG csv (None: no log)."""
         return None

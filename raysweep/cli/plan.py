@@ -65,6 +65,8 @@ def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial], estimate: 
     else:
         console.print(f"trials at once: the cluster's GPUs ÷ {res.gpus_per_worker * res.num_workers:g}")
     console.print(f"ranked by: {sweep.search.metric} ({sweep.search.mode})")
+    for line in describe_data_cache(sweep, trials):
+        console.print(line, markup=False, highlight=False)
     if estimate:
         print_estimate(console, sweep, estimate, source)
     elif source:
@@ -84,6 +86,34 @@ def print_estimate(console: Console, sweep: C.Sweep, est: Estimate, source: str 
     for note in est.notes + (["an upper bound: trials may stop early (search.scheduler / "
                               "train.early_stopping)"] if stops else []):
         console.print(f"  note: {note}")
+
+
+def describe_data_cache(sweep: C.Sweep, trials: list[Trial]) -> list[str]:
+    """One line per distinct tokenized dataset of the sweep: built already (its size), or built by the first
+    trial that needs it; every other trial memory-maps it (inputs/tokenized.py). No torch."""
+    from raysweep.inputs import tokenized
+
+    root = tokenized.root_dir(sweep.storage)
+    users: dict[str, list[int]] = {}
+    keys: dict[str, dict] = {}
+    for t in trials:
+        model, data = t.config.model.model_dump(mode="json"), t.config.data.model_dump(mode="json")
+        if not tokenized.uses_cache(data):
+            continue
+        try:
+            key = tokenized.cache_key(model, data)
+        except Exception:  # noqa: BLE001 - a bad path is the data check's to report, not the plan's
+            continue
+        directory = str(tokenized.entry_dir(root, key))
+        users.setdefault(directory, []).append(t.index)
+        keys[directory] = key
+    lines = []
+    for directory, indices in users.items():
+        built, size = tokenized.state(root, keys[directory])
+        what = (f"built ({size / 2**20:.1f} MiB), read memory-mapped by every trial" if built
+                else "to build: the first trial tokenizes it, the others wait and read it")
+        lines.append(f"tokenized data ({len(indices)} trial(s)): {what}; {directory}")
+    return lines
 
 
 def describe_executor(res) -> str:

@@ -19,6 +19,7 @@ TRIALS_FILE = "trials.csv"  # one row per trial: status, cell, final metrics, ch
 TRAIN_RUNS_DIR = "train_runs"  # Ray Train run dirs (train executor's checkpoints): train-<trial id>/
 TRAIN_RUN_PREFIX = "train-"
 MASKS_DIR = "masks"  # under the storage root, not an experiment: masks shared by every sweep on that storage
+TOKENIZED_DIR = "tokenized"  # under the storage root too: tokenized datasets shared by every trial and sweep there
 
 # ---- what Ray Tune writes into each trial directory
 PARAMS_FILE = "params.json"

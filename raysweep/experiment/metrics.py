@@ -30,6 +30,7 @@ SYS_NODE_ID = "sys/node_id"  # Ray node that ran the training loop (rank 0): whe
 # the trial's own timing, cumulative since run_training started (a resumed trial counts from its resume);
 # `plan --calibrate` reads the single calls' durations back from consecutive reports (offline/estimate)
 SYS_DATA_S = "sys/data_s"  # data set-up: tokenization, or the splits this process cached before
+SYS_DATA_TOKENIZED = "sys/data_tokenized"  # this trial tokenized the data (else it read the shared on-disk cache)
 SYS_EVAL_S = "sys/eval_s"  # seconds in the loop's evaluations of the eval split (not the adapter's own)
 SYS_EVALS = "sys/evals"  # how many evaluations those were
 SYS_CHECKPOINT_S = "sys/checkpoint_s"  # seconds writing checkpoints (not the session's copy into storage)
@@ -42,6 +43,8 @@ ADAPTER_TOTAL_PARAMS = "adapter/base_params"
 ADAPTER_SPARSITY = "adapter/sparsity"  # gated adapters: fraction of gates exactly zero
 ADAPTER_NEAR_ZERO_GATES = "adapter/near_zero_gates"  # gates with |g| < 1e-6 (zero included)
 ADAPTER_LIVE_RANKS = "adapter/live_ranks"  # gates not exactly zero, summed over modules
+ADAPTER_STAGE = "adapter/stage"  # staged gate schedule (lambda_stages): 0 = the main run, k = stage k
+ADAPTER_LAMBDA = "adapter/lambda"  # staged gate schedule: the λ in effect at the reported step
 MASK_TARGET_SPARSITY = "mask/target_sparsity"  # masked adapter: requested fraction of pruned weights
 MASK_ACHIEVED_SPARSITY = "mask/achieved_sparsity"  # fraction of positions the mask prunes (over pruned layers)
 MASK_VIOLATIONS = "mask/violations"  # merged weights nonzero where the mask prunes (must be 0), at the end
@@ -97,12 +100,13 @@ ALL_METRICS = (
     EVAL_LOSS, EVAL_PPL, EVAL_ACCURACY, EVAL_BEST_LOSS, EVAL_INITIAL_LOSS, EVAL_STEP, SYS_MEM_MB, SYS_SETUP_S,
     SYS_STARTED_AT, SYS_MODEL_LOAD_S, SYS_BASE_CACHED, SYS_PID, SYS_TIME, SYS_NODE_ID,
     ADAPTER_TRAINABLE_PARAMS, ADAPTER_EFFECTIVE_PARAMS, ADAPTER_TOTAL_PARAMS, ADAPTER_SPARSITY,
-    ADAPTER_NEAR_ZERO_GATES, ADAPTER_LIVE_RANKS, MASK_TARGET_SPARSITY, MASK_ACHIEVED_SPARSITY, MASK_VIOLATIONS,
+    ADAPTER_NEAR_ZERO_GATES, ADAPTER_LIVE_RANKS, ADAPTER_STAGE, ADAPTER_LAMBDA,
+    MASK_TARGET_SPARSITY, MASK_ACHIEVED_SPARSITY, MASK_VIOLATIONS,
     MASK_MERGED_ZERO_FRACTION, MASK_COMPUTED, MASK_SETUP_S,
     ADAPTER_PROJECTED_PARAMS, ADAPTER_PROJECTOR_BYTES, ADAPTER_GAMMA_MEAN, BOUND_COMPRESSED_BITS, BOUND_KL_NATS,
     BOUND_QUANT_LEVELS, BOUND_SECONDS, BOUND_DOC_BPD, BOUND_DOC_BPD_EMPIRICAL, BOUND_DOC_BPD_UNQUANTIZED,
     BOUND_DOC_ALPHA, BOUND_DOC_VACUOUS, BOUND_DOC_UNITS, BOUND_DOC_SAMPLED, BOUND_SEQ_BPD, BOUND_SEQ_BPD_EMPIRICAL,
     BOUND_SEQ_BPD_UNQUANTIZED, BOUND_SEQ_ALPHA, BOUND_SEQ_VACUOUS, BOUND_SEQ_UNITS, BOUND_SEQ_SAMPLED,
     *BOUND_TOPK_METRICS,
-    SYS_DATA_S, SYS_EVAL_S, SYS_EVALS, SYS_CHECKPOINT_S, SYS_CHECKPOINTS, SYS_END_S, TRAIN_EXAMPLES,
+    SYS_DATA_S, SYS_DATA_TOKENIZED, SYS_EVAL_S, SYS_EVALS, SYS_CHECKPOINT_S, SYS_CHECKPOINTS, SYS_END_S, TRAIN_EXAMPLES,
 )

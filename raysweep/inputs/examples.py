@@ -34,22 +34,39 @@ def tokenize_chat(tokenizer, messages: list[dict[str, str]], max_len: int) -> Ex
     prefix of the rendering that includes the turn; the tokens in between are that turn's labels.
     Returns None if truncation leaves no label.
     """
+    return tokenize_chats(tokenizer, [messages], max_len)[0]
+
+
+CHAT_BATCH = 512  # conversations per tokenizer call: a fast tokenizer encodes a batch in parallel, in Rust
+
+
+def tokenize_chats(tokenizer, conversations: list[list[dict[str, str]]], max_len: int) -> list[Example | None]:
+    """`tokenize_chat` for many conversations, with one batched tokenizer call per CHAT_BATCH of them
+    (the same ids and labels: only the lengths of the prompt renderings are needed, and they are the same
+    whether a string is encoded alone or in a batch)."""
     def render(msgs, gen):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
 
-    full = render(messages, False)
-    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-    labels = [IGNORE_INDEX] * len(ids)
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        start = len(tokenizer(render(messages[:i], True), add_special_tokens=False)["input_ids"])
-        end = len(tokenizer(render(messages[: i + 1], False), add_special_tokens=False)["input_ids"])
-        labels[start:end] = ids[start:end]
-    ids, labels = ids[:max_len], labels[:max_len]
-    if all(x == IGNORE_INDEX for x in labels):
-        return None
-    return Example(ids, labels)
+    out: list[Example | None] = []
+    for first in range(0, len(conversations), CHAT_BATCH):
+        texts: list[str] = []
+        layout: list[tuple[int, int]] = []  # per conversation: (index of its full rendering, assistant turns)
+        for messages in conversations[first : first + CHAT_BATCH]:
+            layout.append((len(texts), sum(m["role"] == "assistant" for m in messages)))
+            texts.append(render(messages, False))
+            for i, m in enumerate(messages):
+                if m["role"] == "assistant":  # the prompt up to this turn, and the rendering through it
+                    texts += [render(messages[:i], True), render(messages[: i + 1], False)]
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        for at, turns in layout:
+            ids = list(encoded[at])
+            labels = [IGNORE_INDEX] * len(ids)
+            for k in range(turns):
+                start, end = len(encoded[at + 1 + 2 * k]), len(encoded[at + 2 + 2 * k])
+                labels[start:end] = ids[start:end]
+            ids, labels = ids[:max_len], labels[:max_len]
+            out.append(None if all(x == IGNORE_INDEX for x in labels) else Example(ids, labels))
+    return out
 
 
 def chunk_text(tokenizer, texts: list[str], max_len: int) -> list[Example]:

@@ -66,7 +66,7 @@ def precompute_masks(trial_configs: list[dict[str, Any]], store: Path) -> list[M
             cfg = dict(configs[0], _store=str(store))
             loop.setup_runtime(cfg)
             model, adapter, tokenizer, _ = loop.setup_model(cfg, session)
-            train, evals = loop.setup_data(cfg, tokenizer)
+            train, evals, _ = loop.setup_data(cfg, tokenizer)
             context = loop.setup_context(cfg, session, train, evals, tokenizer.pad_token_id)
             metrics = adapter.prepare(model, context)
             a = cfg["adapter"]

@@ -38,6 +38,7 @@ from raysweep.experiment.layout import (
 def save(directory: Path, *, adapter, model, best_state: dict | None, trainer_state: dict[str, Any],
          config: dict[str, Any], metrics: dict[str, Any], layer_log: tuple[str, list[dict]] | None = None,
          reports: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint; `best_state` None: the best adapter is the current one (its files are copied)."""
     import torch
     from safetensors.torch import save_file
 

@@ -85,18 +85,22 @@ def setup_model(config: dict[str, Any], session: Session):
     return model, adapter, tokenizer, {M.SYS_BASE_CACHED: hit, M.SYS_MODEL_LOAD_S: seconds}
 
 
-def setup_data(config: dict[str, Any], tokenizer):
-    """Tokenized (train, eval) splits; cached per process like the base model."""
-    from raysweep.inputs import data, model_cache
+def setup_data(config: dict[str, Any], tokenizer) -> tuple[Any, Any, bool]:
+    """(train, eval) splits and whether this trial tokenized them: memory-mapped from the sweep's shared
+    on-disk cache (the first trial that needs them builds it, inputs/tokenized.py), and kept open per process."""
+    from raysweep.inputs import data, model_cache, tokenized
 
     files = [str(f) for f in data.resolve_files(config["data"]) if f]
+    built: list[bool] = []
     # keyed without train.seed: the seed orders the examples (micro_batches), never tokenizes them, so a
-    # seed sweep in a reused actor tokenizes once
+    # seed sweep in a reused actor opens the cache once
     (train, evals), hit = model_cache.splits(
-        config["model"], config["data"], files, build=lambda: data.load_splits(tokenizer, config["data"]))
+        config["model"], config["data"], files,
+        build=lambda: tokenized.load(tokenizer, config["model"], config["data"], config.get("_store"),
+                                     on_build=lambda: built.append(True)))
     if hit:
-        data.prepare_tokenizer(tokenizer)  # what load_splits would have done to this trial's tokenizer
-    return train, evals
+        data.prepare_tokenizer(tokenizer)  # what tokenized.load would have done to this trial's tokenizer
+    return train, evals, bool(built)
 
 
 CALIBRATION_BATCH = 8  # examples per calibration batch (fixed: a mask must not depend on train.batch_size)
@@ -168,9 +172,8 @@ def evaluate(model, examples, config: dict[str, Any], session: Session, pad_id: 
     """Token-level loss over the whole eval split (sharded over workers), and exact-match accuracy:
     an example counts as correct when every labelled token is the argmax under teacher forcing."""
     import torch
-    import torch.nn.functional as F
 
-    from raysweep.inputs.data import IGNORE_INDEX, collate, has_answers
+    from raysweep.inputs.data import collate
 
     device = session.device()
     bs = config["train"]["eval_batch_size"]
@@ -189,20 +192,37 @@ def evaluate(model, examples, config: dict[str, Any], session: Session, pad_id: 
                 continue
             batch = {k: v.to(device) for k, v in collate(mine[i : i + bs], pad_id).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
-            valid = labels != IGNORE_INDEX
-            loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-            correct = (logits.argmax(-1) == labels) | ~valid
-            sums += torch.tensor([loss.item(), valid.sum().item(), correct.all(-1).sum().item(), len(labels)],
-                                 dtype=torch.float64)
+            sums += eval_sums(logits, batch["labels"])
     model.train(was_training)
     if session.world_size > 1:
         import torch.distributed as dist
 
         dist.all_reduce(sums)
+    return eval_metrics(sums, config["data"]["task"])
+
+
+def eval_sums(logits, labels):
+    """[loss sum, labelled tokens, exactly matched examples, examples] of one eval batch (float64)."""
+    import torch
+    import torch.nn.functional as F
+
+    from raysweep.inputs.data import IGNORE_INDEX
+
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    valid = labels != IGNORE_INDEX
+    loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    correct = (logits.argmax(-1) == labels) | ~valid
+    return torch.tensor([loss.item(), valid.sum().item(), correct.all(-1).sum().item(), len(labels)],
+                        dtype=torch.float64)
+
+
+def eval_metrics(sums, task: str) -> dict[str, float]:
+    """eval/loss, eval/ppl (and eval/accuracy for tasks with answers) from summed `eval_sums`."""
+    from raysweep.inputs.data import has_answers
+
     loss = (sums[0] / sums[1].clamp(min=1)).item()
     out = {M.EVAL_LOSS: loss, M.EVAL_PPL: math.exp(min(loss, 50.0))}
-    if has_answers(config["data"]["task"]):  # only answers (chat/builtin) have a notion of correct
+    if has_answers(task):  # only answers (chat/builtin) have a notion of correct
         out[M.EVAL_ACCURACY] = (sums[2] / sums[3]).item()
     return out
 
@@ -225,13 +245,16 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     timing = {M.SYS_DATA_S: 0.0, M.SYS_EVAL_S: 0.0, M.SYS_EVALS: 0, M.SYS_CHECKPOINT_S: 0.0,
               M.SYS_CHECKPOINTS: 0, M.SYS_END_S: 0.0}
     with timed(timing, M.SYS_DATA_S):
-        train_set, eval_set = setup_data(config, tokenizer)
-    load_metrics[M.TRAIN_EXAMPLES] = len(train_set)
+        train_set, eval_set, tokenized_here = setup_data(config, tokenizer)
+    load_metrics |= {M.TRAIN_EXAMPLES: len(train_set), M.SYS_DATA_TOKENIZED: tokenized_here}
     pad_id = tokenizer.pad_token_id
     context = setup_context(config, session, train_set, eval_set, pad_id)
     load_metrics |= adapter.prepare(model, context)  # e.g. prune the base: before DDP sees the model
     steps = total_steps(t, len(train_set), session.world_size)
     optimizer, scheduler = setup_optimizer(config, model, adapter, steps)
+    # stages after the main run (SoRA's staged λ schedule): an eval ends each, at the main run's final lr
+    stage_ends = adapter.stage_ends(steps)
+    main_steps, steps = steps, stage_ends[-1]
     # after the optimizer: DeepSpeed wraps model and optimizer together (DDP keeps the same parameters)
     wrapped = strategy.prepare(model, optimizer, session)
     device = session.device()
@@ -285,9 +308,12 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
                         trainer_state = {"optimizer": strategy.optimizer_state(optimizer),
                                          "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                                          "state": dict(state)}
+                        # the best adapter is the current one when this step's eval was the best: copy its
+                        # files instead of exporting the same weights twice
+                        best = None if state["best_step"] == state["step"] else best_adapter_state
                         checkpointing.save(
                             directory, adapter=adapter, model=model,
-                            best_state=best_adapter_state, trainer_state=trainer_state, config=config, metrics=row,
+                            best_state=best, trainer_state=trainer_state, config=config, metrics=row,
                             layer_log=(log_name, layer_rows) if log_name else None, reports=files)
             # this checkpoint's write is in the row reported with it (not in the copy saved inside it)
             session.report(row | timing, directory if session.world_rank == 0 or sharded else None)
@@ -350,13 +376,14 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
         strategy.step(model, optimizer)  # gradient clipping (train.max_grad_norm) included
         # before scheduler.step(): a proximal step must use the learning rate the gradient step just used
         adapter.after_optimizer_step(model, optimizer, (state["step"] + 1) / steps)
-        scheduler.step()
+        if state["step"] < main_steps:
+            scheduler.step()
         state["step"] += 1
         window_n += 1
         window_time += time.perf_counter() - t0
 
         is_last = state["step"] >= steps
-        is_eval = state["step"] % t["eval_every"] == 0 or is_last
+        is_eval = state["step"] % t["eval_every"] == 0 or is_last or state["step"] in stage_ends
         if is_eval:
             run_eval()
             patience = t["early_stopping"]["patience"]

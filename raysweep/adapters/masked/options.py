@@ -19,7 +19,8 @@ class MaskOptions(BaseModel):
     sparsity: float = Field(0.5, ge=0, lt=1, description="fraction of each pruned layer's weights set to zero, in [0, 1)")
     importance: Literal[IMPORTANCE] = Field(  # type: ignore[valid-type]
         "magnitude", description="weight importance: magnitude |W|, gradient |∇W| or taylor |W·∇W|")
-    mask: str = Field("unstructured", description="unstructured, structured (whole output rows), random, or N:M (e.g. 2:4)")
+    mask: str = Field("unstructured", description="unstructured, structured_rows (= structured: whole output rows), "
+                                                  "structured_cols (whole input columns), random, or N:M (e.g. 2:4)")
     mask_scope: Literal["layer", "global"] = Field(
         "layer", description="unstructured masks: the sparsity holds per layer, or over all pruned weights together")
     mask_seed: int = Field(0, description="seed of random masks and of the calibration examples (not train.seed: "

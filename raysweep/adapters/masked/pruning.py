@@ -3,7 +3,8 @@
 Pure tensor functions (no model, no Ray): `importance` turns a weight (and the mean calibration
 gradient) into scores, `make_masks` turns scores into keep-masks, `mask_stats`/`score_histogram`
 describe them. Weights are always given in [out_features, in_features] layout (callers transpose
-Conv1D-style layers), so "structured" means whole output rows everywhere.
+Conv1D-style layers), so "structured_rows" (or "structured") means whole output rows and
+"structured_cols" whole input columns everywhere.
 
 A mask is a bool tensor, True = keep. Sparsity = fraction of False. No library implements these
 exact-count variants (torch.nn.utils.prune rounds differently per method and prunes in place on the
@@ -20,7 +21,8 @@ if TYPE_CHECKING:  # torch is imported inside the functions: grid validation use
     import torch
 
 IMPORTANCE = ("magnitude", "gradient", "taylor")
-MASK_KINDS = ("unstructured", "structured", "random")  # plus N:M patterns such as "2:4"
+MASK_KINDS = ("unstructured", "structured", "structured_rows", "structured_cols", "random")  # plus N:M such as "2:4"
+STRUCTURED_ALIASES = {"structured": "structured_rows"}  # the first structured kind: whole output rows
 NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -82,23 +84,29 @@ def _count(sparsity: float, n: int) -> int:
 def layer_mask(scores: torch.Tensor, sparsity: float, kind: str, generator: torch.Generator) -> torch.Tensor:
     """Keep-mask for one [out, in] layer.
 
-    unstructured: exactly round(s·numel) weights pruned; structured: round(s·rows) whole output rows
-    (sparsity exact to one row); N:M: in each group of M consecutive inputs of a row the M−N lowest are
-    pruned (needs in_features % M == 0); random: round(s·numel) positions drawn from `generator`."""
+    unstructured: exactly round(s·numel) weights pruned; structured_rows (= structured): round(s·rows)
+    whole output rows (sparsity exact to one row); structured_cols: round(s·columns) whole input columns;
+    N:M: in each group of M consecutive inputs of a row the M−N lowest are pruned (needs in_features % M
+    == 0); random: round(s·numel) positions drawn from `generator`."""
     import torch
 
     out_f, in_f = scores.shape
+    kind = STRUCTURED_ALIASES.get(kind, kind)
     if kind == "unstructured":
         return _prune_lowest(scores, _count(sparsity, scores.numel())).reshape(out_f, in_f)
     if kind == "random":
         keep = torch.ones(scores.numel(), dtype=torch.bool)
         keep[torch.randperm(scores.numel(), generator=generator)[: _count(sparsity, scores.numel())]] = False
         return keep.reshape(out_f, in_f)
-    if kind == "structured":
+    if kind == "structured_rows":
         # a row's importance is its total importance (L1 of the scores): a row of many medium weights
         # can matter more than a row with one large one
         rows = _prune_lowest(scores.float().sum(dim=1), _count(sparsity, out_f))
         return rows[:, None].expand(out_f, in_f).clone()
+    if kind == "structured_cols":
+        # the same over input columns: a pruned column removes one input feature from the layer
+        cols = _prune_lowest(scores.float().sum(dim=0), _count(sparsity, in_f))
+        return cols[None, :].expand(out_f, in_f).clone()
     nm = parse_nm(kind)
     if nm is None:
         raise ValueError(f"unknown mask kind {kind!r}")

@@ -48,7 +48,9 @@ def mask_key(options: MaskOptions, model_cfg: dict[str, Any], data_cfg: dict[str
     model exists (`raysweep masks` grouping trials) what chooses them, target_modules and prune_modules.
     Torch-free, like this whole module (torch is imported inside the functions that save and load masks)."""
     o = options
-    key = {"model": model_cache.identity(model_cfg), "importance": o.importance, "mask": o.mask,
+    # `structured_rows` is a new spelling of `structured`: one key, so masks stored under the old one stay found
+    mask = "structured" if o.mask == "structured_rows" else o.mask
+    key = {"model": model_cache.identity(model_cfg), "importance": o.importance, "mask": mask,
            "scope": o.mask_scope, "sparsity": o.sparsity, "seed": o.mask_seed, "modules": modules}
     if reads_data(o):
         files = [str(f) for f in data.resolve_files(data_cfg) if f]

@@ -1,6 +1,6 @@
-"""The maths of learned sparse gates (SoRA / SDoRA): the gate parametrization, the proximal step, the
-lambda schedule, the gated state and its pruned, folded peft export. The adapter class (adapter.py) wires
-them into training.
+"""The maths of learned sparse gates (SoRA / SDoRA): the gate parametrization, the proximal step, the L1
+term, the gated state and its pruned, folded peft export (λ schedules: schedules.py). The adapter class
+(adapter.py) wires them into training.
 
 A gate vector g ∈ R^r sits between A and B of each adapted linear layer: ΔW = s·B·diag(g)·A. It is added
 to peft's LoRA layer as a *parametrization* of `lora_A.weight` (weight = diag(g)·A), so every code path
@@ -10,7 +10,6 @@ and peft's merge — sees the gated update without patching peft.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -20,13 +19,19 @@ from torch.nn.utils import parametrize
 
 from raysweep.adapters.lora import ADAPTER, PEFT_PREFIX, lora_layers
 
+GATE_INITS = ("ones", "randn")
+
 
 class Gate(nn.Module):
-    """weight (r × in) -> diag(g)·weight; g starts at ones, so a fresh gated adapter equals plain LoRA."""
+    """weight (r × in) -> diag(g)·weight. g starts at ones (a fresh gated adapter equals plain LoRA) or, as in
+    the SoRA reference, standard normal (`randn`, from torch's global generator: seeded by train.seed)."""
 
-    def __init__(self, r: int, dtype: torch.dtype, device: torch.device):
+    def __init__(self, r: int, dtype: torch.dtype, device: torch.device, init: str = "ones"):
         super().__init__()
-        self.gate = nn.Parameter(torch.ones(r, dtype=dtype, device=device))
+        if init not in GATE_INITS:
+            raise ValueError(f"unknown gate_init {init!r}; use one of {', '.join(GATE_INITS)}")
+        start = torch.ones(r, dtype=dtype, device=device) if init == "ones" else torch.randn(r, dtype=dtype, device=device)
+        self.gate = nn.Parameter(start)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight * self.gate.unsqueeze(1)
@@ -42,29 +47,22 @@ def soft_threshold_(g: torch.Tensor, xi: float) -> None:
         g.copy_(torch.sign(g) * torch.clamp(g.abs() - xi, min=0.0))
 
 
-def threshold_at(progress: float, start: float, final: float | None, schedule: str) -> float:
-    """ξ at `progress` ∈ [0, 1] of training: constant, or rising from `start` to `final`.
-
-    linear: straight line; log_linear: straight line in log ξ (geometric); exp: slow start, fast end,
-    (e^{5p} − 1)/(e^5 − 1) of the way at progress p.
-    """
-    p = min(max(progress, 0.0), 1.0)
-    if schedule == "constant" or final is None:
-        return start
-    if schedule == "linear":
-        return start + (final - start) * p
-    if schedule == "log_linear":
-        return math.exp(math.log(start) + (math.log(final) - math.log(start)) * p)
-    if schedule == "exp":
-        return start + (final - start) * (math.exp(5 * p) - 1) / (math.exp(5) - 1)
-    raise ValueError(f"unknown lambda_schedule {schedule!r}")
+def l1_term(all_gates: list[torch.Tensor], weight: float, reduction: str) -> torch.Tensor:
+    """w·Σ|g| over every gate entry (sum), or w·Σ|g| / (number of gate entries) (mean: the SoRA and SDoRA
+    references' term, one mean over all modules together, not a mean of per-module means)."""
+    total = sum(g.abs().sum() for g in all_gates)
+    if reduction == "mean":
+        return weight * total / sum(g.numel() for g in all_gates)
+    if reduction == "sum":
+        return weight * total
+    raise ValueError(f"unknown gate_l1_reduction {reduction!r}; use sum or mean")
 
 
-def add_gates(model) -> None:
+def add_gates(model, init: str = "ones") -> None:
     for _, layer in lora_layers(model):
         lin = layer.lora_A[ADAPTER]
         w = lin.weight
-        parametrize.register_parametrization(lin, "weight", Gate(w.shape[0], w.dtype, w.device))
+        parametrize.register_parametrization(lin, "weight", Gate(w.shape[0], w.dtype, w.device, init))
 
 
 def gate_of(layer) -> torch.Tensor:

@@ -31,7 +31,9 @@ Allocation of the d dimensions between A and B (`allocation_mode`):
            d = 50000); in units of d the mask has the same shape at every d, its 10 %→90 % transition is
            2·ln 9 / C ≈ 0.44 of the range at C = 10 (a soft split, every γ gets gradient from many coordinates),
            and a large `mask_temperature` (≈ 100+) approaches fixed's hard split. θ_split starts at 0 (γ = ½)
-           and has its own optimizer group (`split_lr`, no weight decay).
+           and has its own optimizer group (`split_lr`, no weight decay). `learned_convention: fork` is the
+           separated-projectors fork's variant instead (a logit per transformer block, γ = B's share, raw
+           indices, C = 5, constant split_lr): allocation.py has both.
 
 The complexity measure is d (`adapter/effective_params`): the bound's message describes α (and, in
 learned mode, the split logits as float32), whatever D is.
@@ -54,6 +56,29 @@ from raysweep.adapters.sublora.options import FAMILY, SubloraOptions
 from raysweep.adapters.sublora.subspace import attach, original, subspace
 from raysweep.experiment import metrics as M
 from raysweep.experiment.layout import ALLOCATION_LOG, BOUNDS_REPORT, PEFT_WEIGHTS
+
+FIXED_LR = "fixed_lr"  # a param-group key: that group's lr is set back to it before every optimizer step
+_fixed_lr_hook = None
+
+
+def _hold_fixed_lrs(optimizer, args, kwargs) -> None:
+    for group in optimizer.param_groups:
+        if FIXED_LR in group:
+            group["lr"] = group[FIXED_LR]
+
+
+def _install_fixed_lr_hook() -> None:
+    """Once per process: a global optimizer pre-step hook that un-schedules groups carrying FIXED_LR.
+
+    Global because the loop builds the optimizer and its lr schedule (which rewrites every group's lr)
+    after param_groups; the hook acts only on groups with the key, which survives checkpoint and resume
+    in the optimizer state (so a resumed trial holds the same lr), and under DeepSpeed it sees the torch
+    optimizer ZeRO steps."""
+    global _fixed_lr_hook
+    if _fixed_lr_hook is None:
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        _fixed_lr_hook = register_optimizer_step_pre_hook(_hold_fixed_lrs)
 
 
 class SubloraAdapter(LoraAdapter):
@@ -81,8 +106,12 @@ class SubloraAdapter(LoraAdapter):
         if self.options.allocation_mode == "learned":
             # a logit: Adam moves it by ≈ lr per step whatever α's scale, so an absolute lr (0.01: γ can cross
             # most of (0, 1) in a few hundred steps) rather than a multiple of α's; decay would pull γ to ½
-            groups.append({"params": [state.theta_split], "lr": self.options.split_lr, "weight_decay": 0.0,
-                           "name": "split"})
+            split = {"params": [state.theta_split], "lr": self.options.split_lr, "weight_decay": 0.0,
+                     "name": "split"}
+            if self.options.learned_convention == "fork":  # the fork steps its gating logits at a constant lr
+                _install_fixed_lr_hook()
+                split[FIXED_LR] = self.options.split_lr
+            groups.append(split)
         return groups
 
     # --- metrics -----------------------------------------------------------------------------------
@@ -90,21 +119,29 @@ class SubloraAdapter(LoraAdapter):
         state = subspace(model)
         trainable, total = count_parameters(model)
         out = {
-            M.ADAPTER_TRAINABLE_PARAMS: trainable,  # d (+ one split logit per module in learned mode)
+            M.ADAPTER_TRAINABLE_PARAMS: trainable,  # d (+ one split logit per split group in learned mode)
             M.ADAPTER_EFFECTIVE_PARAMS: state.d,  # the intrinsic dimension: what the bound's message describes
             M.ADAPTER_TOTAL_PARAMS: total - trainable - state.projected_params(),  # the base model (θ₀ excluded)
             M.ADAPTER_PROJECTED_PARAMS: state.projected_params(),
             M.ADAPTER_PROJECTOR_BYTES: state.projector_bytes(),
         }
         if self.options.allocation_mode == "learned":
-            out[M.ADAPTER_GAMMA_MEAN] = float(state.gamma().detach().mean())
+            out[M.ADAPTER_GAMMA_MEAN] = float(state.a_share().detach().mean())
         return out
 
     def gammas(self, model) -> dict[str, float]:
-        """Learned mode: γ per adapted module (share of α's dimensions given to its A)."""
+        """Learned mode: per adapted module, the share of α's dimensions given to its A (in both conventions)."""
+        state = subspace(model)
+        g = state.a_share().detach().cpu().tolist()
+        return {slot["name"]: float(v) for slot, v in zip(state.slots, g, strict=True)}
+
+    def split_report(self, model) -> dict[str, Any]:
+        """Learned mode: the convention, C and each split group's γ in the convention's own sense."""
         state = subspace(model)
         g = state.gamma().detach().cpu().tolist()
-        return {slot["name"]: float(v) for slot, v in zip(state.slots, g, strict=True)}
+        return {"convention": state.convention, "temperature": state.C,
+                "gamma_is": "A share" if state.convention == "raysweep" else "B share",
+                "groups": {name: float(v) for name, v in zip(state.groups, g, strict=True)}}
 
     def layer_log(self, model) -> dict[str, float] | None:
         if self.options.allocation_mode != "learned":

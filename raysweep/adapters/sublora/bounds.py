@@ -5,19 +5,22 @@ calls `compute_bounds` at the end of training; raysweep/offline/bounds.py calls 
 The hypothesis whose risk is bounded is the model with the *quantized* α plugged in (θ = θ₀ + P·α̂),
 exactly the one the message describes. The prior is everything fixed before seeing data: the base model,
 θ₀ (LoRA init from train.seed), the projector (projector_seed), d, the quantizer and the α-grid. The message
-is the prefix-free code of α̂ (coding.message_length: header, counts, float32 codebook, arithmetic-coded
-symbols), plus, in learned mode, the split logits θ_split as float32 (32 bits each, their number is known
-from the architecture). KL ≤ total bits · ln 2.
+is the prefix-free code of α̂ (coding.message_length: header, counts, float32 or float16 codebook
+(`bound_codebook_bits`), arithmetic-coded symbols), plus, in learned mode, the split logits θ_split as
+float32 (32 bits each, their number is known from the architecture). KL ≤ total bits · ln 2.
 
 Units (what the bound treats as i.i.d.):
   document  token tasks: the documents of train.bin that the training blocks cover (eot file or eos id),
-            each predicted on windows of max_seq_len tokens (overlapping by one, so every token after the
-            first is predicted once); other tasks: one training example = one document.
+            every token after the first predicted once, on windows of max_seq_len tokens: `sliding`
+            (each window advances by the stride and predicts only its new tokens, the rest of it is
+            context, as the reference evaluates long documents) or `restart` (windows overlapping by one
+            token: the context restarts at each window); other tasks: one training example = one document.
   sequence  the training examples exactly as the loop trains on them (blocks of max_seq_len for token
             tasks), predicting the tokens the training loss counts.
 When `bound_sample` < m units, n of them are drawn with a fixed seed (independent of training) and the
-sub-sampled bound is used; otherwise the plain bound over all m. Every bound holds at confidence
-1 − bound_delta on its own (they are separate statements, not simultaneous).
+sub-sampled bound is used, δ split between its two terms by `bound_delta_split`; otherwise the plain bound
+over all m. Every bound holds at confidence 1 − bound_delta on its own (they are separate statements, not
+simultaneous).
 """
 
 from __future__ import annotations
@@ -63,8 +66,36 @@ def _windows(doc: np.ndarray, max_len: int) -> list:
     return out
 
 
-def units_for(config: dict[str, Any], train_examples: list, eos_id: int | None) -> list[Units]:
-    """Document- and sequence-level units of a trial's training data."""
+def _sliding_windows(doc: np.ndarray, max_len: int, stride: int) -> list:
+    """Windows of ≤ max_len tokens whose ends advance by `stride`: the first predicts every token after the
+    first, each later one only the tokens past the previous window's end, with the rest of the window (at
+    least max_len − stride tokens of the same document) as context. Every token after the first is predicted
+    exactly once; stride max_len − 1 gives `_windows`' windows except for a longer last one."""
+    ids = np.asarray(doc, dtype=np.int64).tolist()
+    size = max(2, max_len)
+    stride = min(max(1, stride), size - 1)
+    end = min(len(ids), size)
+    out = [data.Example(ids[:end], ids[:end])] if end > 1 else []
+    while end < len(ids):
+        new_end = min(len(ids), end + stride)
+        start = max(0, new_end - size)
+        out.append(data.Example(ids[start:new_end], [data.IGNORE_INDEX] * (end - start) + ids[end:new_end]))
+        end = new_end
+    return out
+
+
+def window_stride(opts, max_len: int) -> int | None:
+    """The document windows' stride: None for restart windows, else the sliding stride (≤ max_seq_len − 1)."""
+    if opts.bound_doc_window == "restart":
+        return None
+    stride = max_len // 2 if opts.bound_window_stride is None else opts.bound_window_stride
+    return max(1, min(stride, max_len - 1))
+
+
+def units_for(config: dict[str, Any], train_examples: list, eos_id: int | None,
+              stride: int | None = None) -> list[Units]:
+    """Document- and sequence-level units of a trial's training data (documents on sliding windows of
+    `stride` when given, else on restart windows)."""
     d = config["data"]
     seq = Units("sequence", len(train_examples), lambda i: [train_examples[i]],
                 f"training example ({'block of max_seq_len tokens' if data.is_token_task(d['task']) else d['task']})",
@@ -80,8 +111,13 @@ def units_for(config: dict[str, Any], train_examples: list, eos_id: int | None) 
     spans = spans[spans[:, 1] - spans[:, 0] >= 2]  # a one-token document has nothing to predict
     tokens = data.open_tokens(data.token_dir(d), "train")
     max_len = d["max_seq_len"]
-    doc = Units("document", len(spans), lambda i: _windows(tokens[spans[i, 0] : spans[i, 1]], max_len),
-                "document of train.bin (within the trained tokens, ≥ 2 tokens)", ("documents",))
+    if stride is None:
+        doc = Units("document", len(spans), lambda i: _windows(tokens[spans[i, 0] : spans[i, 1]], max_len),
+                    "document of train.bin (within the trained tokens, ≥ 2 tokens)", ("documents",))
+    else:
+        doc = Units("document", len(spans),
+                    lambda i: _sliding_windows(tokens[spans[i, 0] : spans[i, 1]], max_len, stride),
+                    "document of train.bin (within the trained tokens, ≥ 2 tokens)", ("documents", stride))
     return [doc, seq]
 
 
@@ -138,8 +174,9 @@ def _bound_dict(b: B.Bound) -> dict[str, Any]:
     return dataclasses.asdict(b)
 
 
-def quantized_message(alpha: np.ndarray, levels: int, method: str, n_split: int) -> tuple[B.Quantized, dict]:
-    q = B.quantize(alpha, levels, method)
+def quantized_message(alpha: np.ndarray, levels: int, method: str, n_split: int,
+                      codebook_bits: int = B.CODEBOOK_BITS_PER_LEVEL) -> tuple[B.Quantized, dict]:
+    q = B.quantize(alpha, levels, method, codebook_bits=codebook_bits)
     ml = B.message_length(q)
     split_bits = SPLIT_BITS * n_split
     total = ml.total_bits + split_bits
@@ -164,11 +201,12 @@ def compute_bounds(model, adapter, config: dict[str, Any], train_examples: list,
 
     alpha = state.alpha.detach().cpu().double().numpy()
     n_split = state.theta_split.numel() if opts.allocation_mode == "learned" else 0
-    q, message = quantized_message(alpha, opts.bound_levels, opts.bound_quantizer, n_split)
+    q, message = quantized_message(alpha, opts.bound_levels, opts.bound_quantizer, n_split, opts.bound_codebook_bits)
     alpha_q = torch.from_numpy(B.dequantize(q).astype(np.float32)).to(state.alpha)
     kl = message["kl_nats"]
 
-    levels = units_for(config, train_examples, eos_id)
+    stride = window_stride(opts, config["data"]["max_seq_len"])
+    levels = units_for(config, train_examples, eos_id, stride)
     batch_size = config["train"]["eval_batch_size"]
     cache: dict[Any, Any] = {}
     report_levels: dict[str, Any] = {}
@@ -192,10 +230,12 @@ def compute_bounds(model, adapter, config: dict[str, Any], train_examples: list,
         qp, fractions, up, vocab, n_tokens = cache[key]
         n = len(idx)
         n_sampled = n if n < units.m else None
+        split = B.delta_split(opts.bound_delta_split, n_sampled, units.m)
         smoothed = B.smoothed_bpd_bound(qp, vocab, kl, units.m, opts.bound_delta, opts.bound_alphas,
-                                        n_sampled=n_sampled, level=units.level)
+                                        n_sampled=n_sampled, level=units.level, delta_split=split)
         topk = {k: B.topk_error_bound(kl, units.m, correct=fractions[k], k=k, delta=opts.bound_delta,
-                                      n_sampled=n_sampled, level=units.level) for k in opts.bound_top_k}
+                                      n_sampled=n_sampled, level=units.level, delta_split=split)
+                for k in opts.bound_top_k}
         bpd_q, bpd_u = bits_per_token(qp), bits_per_token(up)
         best = smoothed.best
         report_levels[units.level] = {
@@ -231,7 +271,8 @@ def compute_bounds(model, adapter, config: dict[str, Any], train_examples: list,
             "vocab_size": vocab,
         },
         "quantization": {
-            "method": opts.bound_quantizer, "levels_requested": opts.bound_levels, "levels_used": int(q.centroids.size),
+            "method": opts.bound_quantizer, "codebook_bits": q.codebook_bits,
+            "levels_requested": opts.bound_levels, "levels_used": int(q.centroids.size),
             "centroids": q.centroids.astype(float).tolist(), "counts": counts.tolist(),
             "max_abs_error": float(np.max(np.abs(alpha - B.dequantize(q)))),
             "rms_error": float(np.sqrt(np.mean((alpha - B.dequantize(q)) ** 2))),
@@ -239,6 +280,10 @@ def compute_bounds(model, adapter, config: dict[str, Any], train_examples: list,
         },
         "message": message,
         "delta": opts.bound_delta,
+        "delta_split": opts.bound_delta_split,
+        # documents are windowed only in token tasks (elsewhere a document is one training example)
+        "doc_window": {"kind": opts.bound_doc_window, "stride": stride}
+        if data.is_token_task(config["data"]["task"]) else None,
         "alphas": list(opts.bound_alphas),
         "levels": report_levels,
         "metrics": metrics,
@@ -247,5 +292,6 @@ def compute_bounds(model, adapter, config: dict[str, Any], train_examples: list,
                  "probability ≥ 1 − delta; choosing among several trials costs ln(#trials) nats more.",
     }
     if opts.allocation_mode == "learned":
-        report["gamma"] = adapter.gammas(model)
+        report["gamma"] = adapter.gammas(model)  # A's share per module, whatever the convention
+        report["allocation"] = adapter.split_report(model)
     return metrics, report

@@ -25,7 +25,10 @@ LN2 = math.log(2.0)
 DEFAULT_MAX_EXACT = 200_000
 DEFAULT_ALPHAS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 LEVELS = ("document", "sequence")
-CODEBOOK_BITS_PER_LEVEL = 32  # centroids are stored (and used) as float32
+CODEBOOK_BITS_PER_LEVEL = 32  # centroids are stored (and used) as float32 unless a 16-bit codebook is asked for
+CODEBOOK_DTYPES = {32: np.float32, 16: np.float16}
+QUANTIZERS = ("uniform", "kmeans", "symmetric")
+DELTA_SPLITS = ("proportional", "even")
 
 # Witten–Neal–Cleary coder with 32-bit registers; the total count must stay below a quarter range
 # so every symbol with a non-zero count keeps a non-empty sub-interval.
@@ -44,28 +47,37 @@ class Quantized:
     """α as symbols (indices into `centroids`, same shape as the input) and a float32 codebook."""
 
     symbols: np.ndarray  # int64, values in [0, len(centroids))
-    centroids: np.ndarray  # float32, sorted ascending; every centroid is used at least once
+    centroids: np.ndarray  # float32 array, sorted ascending, distinct; every centroid is used at least once
+    codebook_bits: int = CODEBOOK_BITS_PER_LEVEL  # 32: float32 values; 16: float16 values (held as float32)
 
 
-def quantize(values: np.ndarray, levels: int = 11, method: str = "uniform", max_iter: int = 100) -> Quantized:
+def quantize(values: np.ndarray, levels: int = 11, method: str = "uniform", max_iter: int = 100,
+             codebook_bits: int = CODEBOOK_BITS_PER_LEVEL) -> Quantized:
     """Quantize `values` to at most `levels` centroids.
 
     uniform: `levels` equal-width bins over [min, max]; each centroid is the mean of its bin's values;
-    empty bins are dropped and symbols re-indexed compactly. kmeans: Lloyd's iterations started from
-    the uniform centroids (deterministic, so no seed is needed); Lloyd's never increases the squared
-    error, and the first nearest-centroid assignment already beats the bin assignment, so kmeans is
-    never worse than uniform. Centroids are returned as float32 because the codebook is transmitted
-    as float32 and the bound must describe exactly the model that is evaluated.
+    empty bins are dropped and symbols re-indexed compactly. symmetric: the same over [−max|v|, max|v|]
+    (the SubLoRA reference's bins; they waste levels on the emptier side when the values are skewed).
+    kmeans: Lloyd's iterations started from the uniform centroids (deterministic, so no seed is needed);
+    Lloyd's never increases the squared error, and the first nearest-centroid assignment already beats the
+    bin assignment, so kmeans is never worse than uniform. Centroids are rounded to the transmitted
+    precision (float32, or float16 with codebook_bits=16; centroids that round to the same value merge)
+    because the bound must describe exactly the model that is evaluated.
     """
     if levels < 1:
         raise ValueError(f"levels must be >= 1, got {levels}")
-    if method not in ("uniform", "kmeans"):
-        raise ValueError(f"method must be 'uniform' or 'kmeans', got {method!r}")
+    if method not in QUANTIZERS:
+        raise ValueError(f"method must be one of {', '.join(QUANTIZERS)}, got {method!r}")
+    if codebook_bits not in CODEBOOK_DTYPES:
+        raise ValueError(f"codebook_bits must be 16 or 32, got {codebook_bits}")
     arr = np.asarray(values, dtype=np.float64)
     flat = arr.ravel()
     if flat.size == 0 or not np.all(np.isfinite(flat)):
         raise ValueError("values must be a non-empty array of finite numbers")
     lo, hi = float(flat.min()), float(flat.max())
+    if method == "symmetric":
+        hi = float(np.abs(flat).max())
+        lo = -hi
     if hi > lo:
         bins = np.floor((flat - lo) / (hi - lo) * levels).astype(np.int64)
         bins = np.clip(bins, 0, levels - 1)  # the maximum lands in the last bin, not a new one
@@ -81,7 +93,19 @@ def quantize(values: np.ndarray, levels: int = 11, method: str = "uniform", max_
             symbols, centroids = new_symbols, new_centroids
             if converged:
                 break
-    return Quantized(symbols=symbols.reshape(arr.shape), centroids=centroids.astype(np.float32))
+    symbols, centroids = _round_codebook(symbols, centroids, codebook_bits)
+    return Quantized(symbols=symbols.reshape(arr.shape), centroids=centroids, codebook_bits=codebook_bits)
+
+
+def _round_codebook(symbols: np.ndarray, centroids: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids rounded to the codebook's precision (as float32), equal ones merged, symbols re-indexed."""
+    with np.errstate(over="ignore"):
+        rounded = centroids.astype(CODEBOOK_DTYPES[bits])
+    if not np.all(np.isfinite(rounded)):
+        raise ValueError(f"a centroid ({float(np.abs(centroids).max()):.4g}) is beyond float{bits}'s range; "
+                         "use a 32-bit codebook (adapter.bound_codebook_bits: 32)")
+    merged, index = np.unique(rounded.astype(np.float32), return_inverse=True)
+    return index.astype(np.int64).ravel()[symbols], merged
 
 
 def _compact_means(flat: np.ndarray, assign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -223,7 +247,7 @@ class MessageLength:
     """Every part of the prefix-free description of the quantized α, in bits."""
 
     symbol_bits: int  # arithmetic-coded symbols (exact coder output, or ⌈N·H⌉ + 2)
-    codebook_bits: int  # 32 per centroid (float32)
+    codebook_bits: int  # 32 (float32) or 16 (float16) per centroid
     model_bits: int  # the counts, Σ EliasDelta(count + 1)
     header_bits: int  # EliasDelta(N) + EliasDelta(number of levels)
     total_bits: int  # the sum: a prefix-free code length L, so KL ≤ L·ln 2
@@ -247,7 +271,7 @@ def message_length(q: Quantized, max_exact: int = DEFAULT_MAX_EXACT) -> MessageL
     ent = entropy_bits(counts)
     exact = n <= max_exact
     symbol_bits = int(arithmetic_encode(symbols, counts).size) if exact else math.ceil(ent) + 2
-    codebook_bits = CODEBOOK_BITS_PER_LEVEL * k
+    codebook_bits = q.codebook_bits * k
     model_bits = sum(elias_delta_length(c + 1) for c in counts)  # +1: Elias codes integers >= 1
     header_bits = elias_delta_length(n) + elias_delta_length(k)
     total = symbol_bits + codebook_bits + model_bits + header_bits
@@ -333,6 +357,21 @@ def subsampled_bound(sample_risk: float, kl_nats: float, m: int, n: int, delta: 
     value = pac.value + sampling
     return Bound(value, pac.empirical, pac.complexity, sampling, loss_range, kl_nats, extra_nats, m, n,
                  delta, d1, d2, level, pac.trivial, value > pac.trivial)
+
+
+def delta_split(kind: str, n: int | None, m: int) -> float:
+    """The share of δ given to the PAC term of a sub-sampled bound (the sampling term gets the rest).
+
+    proportional: r = n/(n + m), the SubLoRA reference's. The PAC term's ln(1/δ₁) is divided by 2m and the
+    sampling term's by 2n ≤ 2m, so the sampling term gains more from a larger share; proportional is never
+    looser than even for n ≤ m (checked over KL ∈ [0, 10⁶], m ∈ [10, 10⁷], n/m ∈ [10⁻⁴, 1], δ ∈ [10⁻³, 0.2]).
+    even: ½. Without sub-sampling (n None) the split is unused; ½ is returned.
+    """
+    if kind not in DELTA_SPLITS:
+        raise ValueError(f"delta split must be one of {', '.join(DELTA_SPLITS)}, got {kind!r}")
+    if kind == "even" or n is None:
+        return 0.5
+    return n / (n + m)
 
 
 def _risk_bound(empirical: float, kl_nats: float, m: int, delta: float, loss_range: float,

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from raysweep.adapters.family import Family
+from raysweep.adapters.sublora.allocation import DEFAULT_TEMPERATURE
 from raysweep.adapters.sublora.coding import DEFAULT_ALPHAS
 from raysweep.experiment import metrics as M
 from raysweep.experiment.layout import BOUNDS_REPORT
@@ -26,24 +27,46 @@ class SubloraOptions(BaseModel):
     allocation_ratio: float | None = Field(
         None, gt=0, lt=1, description="allocation_mode fixed only: the share of d given to B, d_B = "
         "round(ratio·d) (empty: 0.5)")
-    projector: Literal["kron", "kron_qr", "dense"] = Field(
+    projector: Literal["kron", "kron_qr", "rdkronqr", "dense"] = Field(
         "kron", description="random projector P: kron (Gaussian Kronecker factors, any D and d), kron_qr "
-        "(orthonormal factors; needs d ≲ D) or dense (lazy, slow reference for small D)")
+        "(orthonormal factors; needs d ≲ D), rdkronqr (the SubLoRA reference's default: floor-sized orthonormal "
+        "Kronecker block, a dense block for the leftover rows/columns, a seeded row permutation) or dense (lazy, "
+        "slow reference for small D)")
     projector_seed: int = Field(0, description="seed of P; part of the PAC-Bayes prior, so it must not be chosen "
                                                "from the training data (trials may share it)")
+    learned_convention: Literal["raysweep", "fork"] = Field(
+        "raysweep", description="learned mode: raysweep (a split logit per adapted module, γ = A's share, mask "
+        "σ(C·(γ − (i+½)/d)), C = 10, split_lr follows train.schedule) or fork (the separated-projectors fork: a "
+        "logit per transformer block + one for the rest, γ = B's share, mask σ(C·(γ·d − i)) over raw indices, "
+        "C = 5, split_lr constant)")
     split_lr: float = Field(DEFAULT_SPLIT_LR, gt=0, description="learned mode: learning rate of the split logits "
                             "θ_split (absolute, not × train.lr; no weight decay)")
-    mask_temperature: float = Field(10.0, gt=0, description="learned mode: C in the soft mask σ(C·(γ − i/d)); "
-                                    "larger is sharper (≈0.44·d wide at 10)")
+    mask_temperature: float | None = Field(
+        None, gt=0, description="learned mode: C in the soft mask; larger is sharper (empty: 10 for "
+        "learned_convention raysweep, ≈0.44·d wide; 5 for fork)")
     bounds: bool = Field(True, description="compute the PAC-Bayes bounds at the end of training (bound/* metrics, "
                                            f"{BOUNDS_REPORT} in the final checkpoint)")
     bound_levels: int = Field(11, ge=1, description="quantization levels of α for the bound")
-    bound_quantizer: Literal["uniform", "kmeans"] = Field(
-        "uniform", description="uniform bins (centroid = bin mean) or k-means started from them")
+    bound_quantizer: Literal["uniform", "kmeans", "symmetric"] = Field(
+        "uniform", description="uniform (bins over [min α, max α], centroid = bin mean), kmeans (started from "
+        "them) or symmetric (the reference's bins over [−max|α|, max|α|], centroid = bin mean)")
+    bound_codebook_bits: Literal[16, 32] = Field(
+        32, description="precision of the transmitted centroids: 32 (float32) or 16 (float16, the reference's); "
+        "the model is evaluated with the rounded centroids")
     bound_delta: float = Field(0.05, gt=0, lt=1, description="confidence δ of every bound")
+    bound_delta_split: Literal["proportional", "even"] = Field(
+        "proportional", description="sub-sampled bounds: δ·r for the PAC term and δ·(1 − r) for the sampling "
+        "term with r = n/(n + m) (proportional, the reference's) or r = ½ (even)")
     bound_sample: int | None = Field(
         2000, gt=0, description="units (documents, sequences) evaluated for the empirical risk; fewer than the "
         "training set gives a sub-sampled bound (empty: all)")
+    bound_doc_window: Literal["sliding", "restart"] = Field(
+        "sliding", description="documents longer than max_seq_len: sliding (windows advance by "
+        "bound_window_stride, each predicting only its new tokens with the rest as context, as the reference) "
+        "or restart (consecutive windows overlapping by one token: the context restarts at each window)")
+    bound_window_stride: int | None = Field(
+        None, gt=0, description="bound_doc_window sliding: tokens each window advances (empty: max_seq_len // 2; "
+        "at most max_seq_len − 1)")
     bound_alphas: list[float] = Field(
         list(DEFAULT_ALPHAS), min_length=1, description="grid of prediction-smoothing α for the bits-per-token "
         "bound (each costs the same ln(len) nats)")
@@ -81,6 +104,11 @@ class SubloraOptions(BaseModel):
         return sorted(set(value))
 
     @property
+    def temperature(self) -> float:
+        """C of the learned mode's soft mask: mask_temperature, else the convention's default."""
+        return DEFAULT_TEMPERATURE[self.learned_convention] if self.mask_temperature is None else self.mask_temperature
+
+    @property
     def ratio(self) -> float:
         return 0.5 if self.allocation_ratio is None else self.allocation_ratio
 
@@ -97,7 +125,7 @@ FAMILY = Family(
     # ZeRO-3 holds a weight whole only inside its own module's forward; θ(α) is built from α held elsewhere
     zero_refusal="it uses weights outside their own module's forward, where ZeRO-3 holds only a partition",
     cost_free_options=frozenset({"projector_seed", "allocation_ratio", "split_lr", "mask_temperature",
-                                 "bound_delta"}),
+                                 "bound_delta", "bound_delta_split"}),
     progress_columns=(("d", "option", "intrinsic_dim"), ("allocation", "option", "allocation_mode"),
                       ("B share", "option", "allocation_ratio"), ("γ mean", "metric", M.ADAPTER_GAMMA_MEAN),
                       ("bpd bound", "metric", M.BOUND_DOC_BPD)),

@@ -14,7 +14,9 @@ Scaling convention: every column has unit norm in expectation, E‖P·e_i‖² =
 size moves θ by about the same size whatever D and d are (`kron_qr`: orthonormal before truncation).
 
 Kinds (see `make_projector`): "kron" (Gaussian Kronecker factors), "kron_qr" (QR-orthonormalised
-Kronecker factors), "dense" (lazy, chunked Gaussian reference for small D and for tests).
+Kronecker factors), "dense" (lazy, chunked Gaussian reference for small D and for tests), "rdkronqr" (the
+SubLoRA reference code's default: floor-sized orthonormal Kronecker block, a dense block for the leftover
+rows and columns, and a seeded row permutation).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-KINDS: tuple[str, ...] = ("kron", "kron_qr", "dense")
+KINDS: tuple[str, ...] = ("kron", "kron_qr", "dense", "rdkronqr")
 
 # Elements of one generated chunk of the dense projector (16 MiB in float32): bounds its peak memory.
 DEFAULT_CHUNK_ELEMS = 1 << 22
@@ -52,6 +54,15 @@ def _near_square(n: int) -> tuple[int, int]:
     """(n1, n2) with n1 = ceil(sqrt(n)), n2 = ceil(n / n1): n ≤ n1·n2 < n + n1, both ≈ sqrt(n)."""
     n1 = math.isqrt(n - 1) + 1 if n > 1 else 1
     return n1, -(-n // n1)
+
+
+def _orthonormal_columns(g: Tensor) -> Tensor:
+    """Q of g = QR (float64 in, float64 out), sign-fixed so that Q is Haar-distributed and independent of
+    the LAPACK sign convention; g must have at least as many rows as columns."""
+    q, r = torch.linalg.qr(g)
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1.0
+    return q * signs
 
 
 class Projector(nn.Module):
@@ -126,12 +137,7 @@ class KronProjector(Projector):
         gen = _generator(self.seed, "kron", tag, self.D, self.d)
         if not self.orthonormal:
             return torch.randn(rows, cols, generator=gen) / math.sqrt(rows)
-        g = torch.randn(rows, cols, generator=gen, dtype=torch.float64)  # float64: QR accuracy
-        q, r = torch.linalg.qr(g)
-        # sign fix makes Q Haar-distributed (and independent of the LAPACK sign convention)
-        signs = torch.sign(torch.diagonal(r))
-        signs[signs == 0] = 1.0
-        return q * signs  # cast to the requested dtype by the caller
+        return _orthonormal_columns(torch.randn(rows, cols, generator=gen, dtype=torch.float64))
 
     def forward(self, alpha: Tensor) -> Tensor:
         self._check_alpha(alpha)
@@ -212,6 +218,85 @@ class DenseProjector(Projector):
         return f"{super().extra_repr()}, chunk_rows={self.chunk_rows}, n_chunks={self.n_chunks}"
 
 
+class RdKronQRProjector(Projector):
+    """P = Π · diag(L ⊗ R, E): the SubLoRA reference code's default projector ("rdkronqr"), written anew.
+
+    With D1 = ⌊√D⌋ and d1 = ⌊√d⌋ (floor, where `kron` takes ceilings and truncates):
+      - L, R ∈ R^{D1×d1}, QR-orthonormal (columns when D1 ≥ d1, else rows, as the reference does for d > D);
+        L ⊗ R maps the first d1² coordinates of α onto the first D1² rows, exactly orthonormally;
+      - E ∈ R^{(D − D1²)×(d − d1²)}, Gaussian with E‖column‖² = 1, maps the leftover coordinates onto the
+        leftover rows: block-diagonal, so a leftover coordinate never reaches the Kronecker rows;
+      - Π permutes the D rows (a seeded random permutation), so the leftover rows are spread over the model.
+    When D is a perfect square and d is not, the last d − d1² coordinates of α reach no row (they are inert);
+    when d is a perfect square and D is not, D − D1² parameters stay at θ₀. Both as in the reference.
+    Held memory: 2·D1·d1 + |E| ≤ 2√(D·d) + 4√(D·d) numbers, plus the permutation (D int64).
+    """
+
+    def __init__(self, D: int, d: int, seed: int, *, dtype: torch.dtype = torch.float32):
+        super().__init__(D, d, seed)
+        self.D1, self.d1 = math.isqrt(self.D), math.isqrt(self.d)
+        self.K = self.D1 * self.D1  # rows of the Kronecker block
+        rows, cols = self.D - self.K, self.d - self.d1 * self.d1
+        L, R = self._factor("L"), self._factor("R")
+        gen = _generator(self.seed, "rdkronqr", "E", self.D, self.d)
+        E = torch.randn(rows, cols, generator=gen) / math.sqrt(max(rows, 1))
+        self.register_buffer("L", L.to(dtype), persistent=False)
+        self.register_buffer("R", R.to(dtype), persistent=False)
+        self.register_buffer("E", E.to(dtype), persistent=False)
+        # an attribute, not a buffer: `.to(float64)` must not touch it; moved to α's device on first use
+        self.perm = torch.randperm(self.D, generator=_generator(self.seed, "rdkronqr", "perm", self.D, self.d))
+        self._perm_on: dict[torch.device, Tensor] = {}
+
+    def _factor(self, tag: str) -> Tensor:
+        gen = _generator(self.seed, "rdkronqr", tag, self.D, self.d)
+        g = torch.randn(self.D1, self.d1, generator=gen, dtype=torch.float64)
+        return _orthonormal_columns(g) if self.D1 >= self.d1 else _orthonormal_columns(g.T).T
+
+    def _perm(self, device: torch.device) -> Tensor:
+        if device not in self._perm_on:
+            self._perm_on[device] = self.perm.to(device)
+        return self._perm_on[device]
+
+    def _split(self, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        a = alpha.to(self.L.dtype)
+        return a[: self.d1 * self.d1].reshape(self.d1, self.d1), a[self.d1 * self.d1 :]
+
+    def forward(self, alpha: Tensor) -> Tensor:
+        self._check_alpha(alpha)
+        x, rest = self._split(alpha)
+        y = torch.cat([((self.L @ x) @ self.R.T).reshape(-1), self.E @ rest])
+        return y[self._perm(y.device)]
+
+    def rows(self, alpha: Tensor, lo: int, hi: int) -> Tensor:
+        """(P·α)[lo:hi] without the other rows: row i is row perm[i] of the block-diagonal map, and a
+        Kronecker row a·D1 + b is L[a] · (X·Rᵀ)[:, b], so only X·Rᵀ (d1×D1) is formed."""
+        x, rest = self._split(alpha)
+        idx = self._perm(alpha.device)[lo:hi]
+        kron = idx < self.K
+        out = torch.zeros(hi - lo, dtype=self.L.dtype, device=alpha.device)
+        k = idx[kron]
+        if k.numel():
+            z = x @ self.R.T
+            out[kron] = (self.L[k // self.D1] * z[:, k % self.D1].T).sum(-1)
+        e = idx[~kron] - self.K
+        if e.numel():
+            out[~kron] = self.E[e] @ rest
+        return out
+
+    def materialize(self) -> Tensor:
+        block = torch.zeros(self.D, self.d, dtype=self.L.dtype)
+        block[: self.K, : self.d1 * self.d1] = torch.kron(self.L, self.R)
+        block[self.K :, self.d1 * self.d1 :] = self.E
+        return block[self.perm]
+
+    def nbytes(self) -> int:
+        return super().nbytes() + self.perm.numel() * self.perm.element_size()
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, L=R={self.D1}x{self.d1}, E={tuple(self.E.shape)}, "
+                f"permuted rows")
+
+
 def make_projector(kind: str, D: int, d: int, seed: int) -> Projector:
     """The projector of `kind` (one of KINDS) mapping R^d to R^D, generated from `seed`."""
     if kind == "kron":
@@ -220,4 +305,6 @@ def make_projector(kind: str, D: int, d: int, seed: int) -> Projector:
         return KronProjector(D, d, seed, orthonormal=True)
     if kind == "dense":
         return DenseProjector(D, d, seed)
+    if kind == "rdkronqr":
+        return RdKronQRProjector(D, d, seed)
     raise ValueError(f"unknown projector kind {kind!r}; valid kinds: {', '.join(KINDS)}")

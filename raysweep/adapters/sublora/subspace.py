@@ -17,8 +17,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from raysweep.adapters.lora import ADAPTER, lora_layers
+from raysweep.adapters.sublora import allocation
 from raysweep.adapters.sublora.options import SubloraOptions
-from raysweep.adapters.sublora.projectors import DenseProjector, KronProjector, derive_seed, make_projector
+from raysweep.adapters.sublora.projectors import (
+    DenseProjector,
+    KronProjector,
+    RdKronQRProjector,
+    derive_seed,
+    make_projector,
+)
 
 STATE_MODULE = "lora_sublora"  # where α (and θ_split) live in the peft model ("lora_" marks adapter weights)
 
@@ -68,6 +75,8 @@ def _rows(proj, alpha, lo: int, hi: int):
         return y.reshape(-1)[lo - r0 * proj.D2 : hi - r0 * proj.D2]
     if isinstance(proj, DenseProjector):
         return _DenseRows.apply(alpha, proj, lo, hi)
+    if isinstance(proj, RdKronQRProjector):  # permuted rows: each is gathered on its own
+        return proj.rows(alpha, lo, hi)
     return proj(alpha)[lo:hi]
 
 
@@ -76,7 +85,8 @@ class SubspaceState(nn.Module):
 
     def __init__(self, opts: SubloraOptions, slots: list[dict[str, Any]], sizes: dict[str, int], device):
         super().__init__()
-        self.mode, self.d, self.C = opts.allocation_mode, opts.intrinsic_dim, float(opts.mask_temperature)
+        self.mode, self.d, self.C = opts.allocation_mode, opts.intrinsic_dim, float(opts.temperature)
+        self.convention = opts.learned_convention
         self.slots = slots  # per adapted module: name, shapes, and (space, lo, hi) of its A and B
         self.alpha = nn.Parameter(torch.zeros(self.d, device=device))  # α = 0: θ = θ₀ at the start
         self.d_a = opts.sizes()[0] if self.mode == "fixed" else self.d
@@ -95,16 +105,26 @@ class SubspaceState(nn.Module):
                                  "adapter.intrinsic_dim") from None
         self.projectors = nn.ModuleDict(projectors).to(device)
         if self.mode == "learned":
-            self.theta_split = nn.Parameter(torch.zeros(len(slots), device=device))  # γ = ½ at the start
-            self.register_buffer("positions", (torch.arange(self.d, device=device, dtype=torch.float32) + 0.5)
-                                 / self.d, persistent=False)
+            # split groups (allocation.py): one per module (raysweep) or per transformer block (fork)
+            self.group_of, self.groups = allocation.split_groups([s["name"] for s in slots], self.convention)
+            self.theta_split = nn.Parameter(torch.zeros(len(self.groups), device=device))  # γ = ½ at the start
+            self.register_buffer("positions", allocation.positions(self.d, self.convention, device),
+                                 persistent=False)
 
     def gamma(self, theta_split=None):
+        """σ(θ_split) per split group, in the convention's own sense (A's share: raysweep; B's: fork)."""
         return torch.sigmoid(self.theta_split if theta_split is None else theta_split)
 
-    def mask(self, index: int, theta_split=None):
-        """m_ℓ(i) = σ(C·(γ_ℓ − (i + ½)/d)): the share of α_i that goes to module ℓ's A (the rest to B)."""
-        return torch.sigmoid(self.C * (self.gamma(theta_split)[index] - self.positions))
+    def a_share(self, theta_split=None):
+        """A's nominal share of d per adapted module (what allocation.csv and adapter/gamma_mean report)."""
+        shares = allocation.a_share(self.gamma(theta_split), self.convention)
+        return shares[torch.as_tensor(self.group_of, device=shares.device)]
+
+    def mask(self, index: int, theta_split=None, side: str = "A"):
+        """The share of each α_i that goes to module `index`'s A (side "A") or B; allocation.py has both
+        conventions' formulas (raysweep: m_A(i) = σ(C·(γ − (i + ½)/d)))."""
+        gamma = self.gamma(theta_split)[self.group_of[index]]
+        return allocation.side_mask(gamma, self.positions, self.C, self.convention, side)
 
     def delta(self, index: int, side: str, alpha=None, theta_split=None):
         """The change of module `index`'s A or B (side "A" | "B") from θ₀, as a flat vector."""
@@ -113,8 +133,7 @@ class SubspaceState(nn.Module):
         if self.mode == "fixed":
             alpha = alpha[: self.d_a] if side == "A" else alpha[self.d_a :]
         elif self.mode == "learned":
-            m = self.mask(index, theta_split)
-            alpha = alpha * (m if side == "A" else 1.0 - m)
+            alpha = alpha * self.mask(index, theta_split, side)
         return project_rows(self.projectors[space], alpha, lo, hi)
 
     def projector_bytes(self) -> int:
@@ -124,7 +143,8 @@ class SubspaceState(nn.Module):
         return sum(p.D for p in self.projectors.values())
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode}, d={self.d}, D={self.projected_params()}, modules={len(self.slots)}"
+        groups = f", split groups={len(self.groups)} ({self.convention})" if self.mode == "learned" else ""
+        return f"mode={self.mode}, d={self.d}, D={self.projected_params()}, modules={len(self.slots)}{groups}"
 
 
 class SubspaceWeight(nn.Module):

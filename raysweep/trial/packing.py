@@ -1,0 +1,174 @@
+"""Packed trials: K adapters trained over one frozen base in one process, one base pass for all of them.
+
+Each member is built exactly as it would be alone — `adapter.build(fresh view of the cached base)`, after
+`set_seed(its seed)` — so its peft model, its family's hooks (gates, DoRA magnitudes), its optimizer groups
+and its export are the unchanged single-trial code. Packing only changes where the base's work happens:
+
+- The *runner* is one more fresh view of the base in which every linear layer adapted by any member is a
+  `PackedLinear`. A packed step concatenates the members' batches along the batch axis (each member keeps
+  its own rows: `Slices`), so embeddings, norms, attention, activations and the frozen x·Wᵀ of every layer
+  run once for the whole concatenation.
+- At an adapted layer, `PackedLinear` computes the base output once, then hands each member's peft layer its
+  own rows and its own rows of the base output: the member layer's `base_layer` is a `SharedBase` that
+  returns that precomputed output instead of multiplying again (it still holds the base weight, which
+  DoRA's weight norm reads). The member layer then adds its update exactly as peft does alone (LoRA,
+  DoRA, gates as a parametrization of lora_A).
+- The loss of each member is its own mean over its own rows (the causal-LM loss of its model), and the pack
+  backpropagates Σ_k loss_k once: the members' parameters are disjoint and the base is frozen and has no
+  cross-example term (LayerNorm/RMSNorm are per token), so every member gets exactly its gradient alone.
+
+Hand-written because no library trains several adapters in one pass: peft's mixed-adapter batches
+(`adapter_names=`) refuse training mode, mLoRA/ASPEN is Llama-only and replaces the model code.
+Dropout in a member's layers draws from that member's own RNG stream (`Member.rng`), as it would alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+# per member: its rows [start, end) of the concatenated batch and its own width (sequence length before the
+# batch was padded to the widest member's), or None when the member has no batch this time
+Slices = list[tuple[int, int, int] | None]
+
+
+class SharedBase(nn.Module):
+    """Stands in for a member layer's `base_layer`: returns the output the pack computed once for all members
+    (`pending`), and exposes the base weight and bias (same Parameter objects) for code that reads them."""
+
+    def __init__(self, linear: nn.Module):
+        super().__init__()
+        self.weight = linear.weight
+        self.bias = getattr(linear, "bias", None)
+        self.in_features = getattr(linear, "in_features", None)
+        self.out_features = getattr(linear, "out_features", None)
+        self.pending: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.pending is None:
+            raise RuntimeError("a packed member layer ran outside its pack (PackedLinear sets its base output)")
+        out, self.pending = self.pending, None
+        return out
+
+
+@dataclass
+class Member:
+    """One configuration of a pack: its adapted model (peft), adapter and the RNG its dropout draws from."""
+
+    model: nn.Module
+    adapter: Any
+    rng: torch.Tensor  # torch.get_rng_state() as this member's own stream (CPU generator)
+    layers: dict[str, nn.Module] = field(default_factory=dict)  # base-model module name -> its peft layer
+
+
+class PackedLinear(nn.Module):
+    """A base linear layer computed once for the whole pack, plus each member's update on its own rows."""
+
+    def __init__(self, base: nn.Module, members: list[tuple[Member, nn.Module] | None]):
+        super().__init__()
+        self.base = base
+        # plain lists, not registered submodules: the members own their layers (and their parameters)
+        self.members = members
+        self.shared = [SharedBase(base) if m is not None else None for m in members]
+        for m, shared in zip(members, self.shared, strict=True):
+            if m is not None:
+                m[1].base_layer = shared
+        self.slices: Slices = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        pieces = []
+        for k, rows in enumerate(self.slices):
+            if rows is None:
+                continue
+            start, end, width = rows
+            member = self.members[k]
+            if member is None:  # this member does not adapt this layer
+                pieces.append(out[start:end])
+                continue
+            # the member's layer sees its own rows at its own width, as alone (dropout draws one number per
+            # element, so a wider input would shift its random stream); the padding columns keep the base output
+            self.shared[k].pending = out[start:end, :width]
+            with member_rng(member[0]):
+                mine = member[1](x[start:end, :width])
+            pieces.append(mine if width == x.shape[1] else torch.cat([mine, out[start:end, width:]], dim=1))
+        return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+
+
+@contextlib.contextmanager
+def member_rng(member: Member) -> Iterator[None]:
+    """Run a block on the member's own CPU RNG stream (dropout masks as the member would draw them alone)."""
+    outer = torch.get_rng_state()
+    torch.set_rng_state(member.rng)
+    try:
+        yield
+    finally:
+        member.rng = torch.get_rng_state()
+        torch.set_rng_state(outer)
+
+
+def _lora_layers(model) -> dict[str, nn.Module]:
+    from raysweep.adapters.lora import lora_layers
+
+    return dict(lora_layers(model))
+
+
+class Pack(nn.Module):
+    """The runner over the shared base and the members. `forward(batch, slices)` returns the logits of the
+    whole concatenated batch; `member_loss` is member k's causal-LM loss on its rows."""
+
+    def __init__(self, runner: nn.Module, members: list[Member]):
+        super().__init__()
+        self.runner = runner
+        self.members = members
+        self.packed: list[PackedLinear] = []
+        names = list(dict.fromkeys(n for m in members for n in _lora_layers(m.model)))
+        for m in members:
+            m.layers = _lora_layers(m.model)
+        for name in names:
+            parent_name, _, attr = name.rpartition(".")
+            parent = runner.get_submodule(parent_name) if parent_name else runner
+            layer = PackedLinear(getattr(parent, attr),
+                                 [(m, m.layers[name]) if name in m.layers else None for m in members])
+            setattr(parent, attr, layer)
+            self.packed.append(layer)
+
+    def forward(self, batch: dict[str, torch.Tensor], slices: Slices) -> torch.Tensor:
+        for layer in self.packed:
+            layer.slices = slices
+        return self.runner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def member_loss(self, logits: torch.Tensor, labels: torch.Tensor, rows: tuple[int, int, int]) -> torch.Tensor:
+        """What `model(**batch).loss` gives the member alone: transformers' causal-LM loss over its rows."""
+        start, end, _ = rows
+        config = self.runner.config
+        return self.runner.loss_function(logits=logits[start:end], labels=labels[start:end],
+                                         vocab_size=config.vocab_size)
+
+
+def concat_batches(batches: list[dict[str, torch.Tensor] | None], pad_id: int) -> tuple[dict[str, torch.Tensor], Slices]:
+    """One batch of the members' collated batches (right-padded to the widest; a causal model's outputs at
+    real tokens do not depend on padding after them) and each member's rows (None: no batch this time)."""
+    from raysweep.inputs.examples import IGNORE_INDEX
+
+    present = [b for b in batches if b is not None]
+    width = max(b["input_ids"].shape[1] for b in present)
+    fill = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": 0}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in fill}
+    slices: Slices = []
+    row = 0
+    for b in batches:
+        if b is None:
+            slices.append(None)
+            continue
+        n, w = b["input_ids"].shape
+        for key, value in fill.items():
+            out[key].append(nn.functional.pad(b[key], (0, width - w), value=value))
+        slices.append((row, row + n, w))
+        row += n
+    return {k: torch.cat(v) for k, v in out.items()}, slices
