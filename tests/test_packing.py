@@ -1,0 +1,99 @@
+"""Packed trials (trial/packing.py, packed_loop.py): every member of a pack gets the results it gets alone."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from raysweep.experiment import metrics as M
+from raysweep.inputs import model_cache
+from raysweep.trial.loop import run_training
+from raysweep.trial.packed_loop import train_pack
+from raysweep.trial.session import LocalSession
+from tests.helpers import trial_config
+
+# four members that differ in everything a pack lets differ: lr, rank, seed (data order, init, dropout),
+# batch size, λ, dropout, clipping, schedule and eval cadence
+CELLS = [
+    {"lr": 3e-3, "r": 4, "seed": 0, "batch_size": 4, "lambda": 0.1, "dropout": 0.0, "eval_every": 10},
+    {"lr": 1e-2, "r": 8, "seed": 1, "batch_size": 7, "lambda": 0.3, "dropout": 0.1, "eval_every": 10},
+    {"lr": 5e-3, "r": 2, "seed": 2, "batch_size": 5, "lambda": 0.5, "dropout": 0.0, "eval_every": 5,
+     "schedule": "linear"},
+    {"lr": 2e-3, "r": 16, "seed": 3, "batch_size": 6, "lambda": 0.2, "dropout": 0.05, "eval_every": 20,
+     "max_grad_norm": None},
+]
+
+
+def config(family: str, cell: dict, steps: int, dtype: str = "float64") -> dict:
+    adapter = {"type": family, "r": cell["r"], "dropout": cell["dropout"]}
+    if family in ("sora", "sdora"):
+        adapter["lambda"] = cell["lambda"]
+    train = {"seed": cell["seed"], "lr": cell["lr"], "max_steps": steps, "eval_every": cell["eval_every"],
+             "log_every": 5, "batch_size": cell["batch_size"], "warmup_steps": 3,
+             "max_grad_norm": cell.get("max_grad_norm", 0.5), "schedule": cell.get("schedule", "cosine")}
+    cfg = trial_config(train=train, adapter=adapter, data={"max_eval_examples": 24})
+    cfg["model"]["dtype"] = dtype  # float64 (not a user option): equality to the last bit proves the maths
+    return cfg
+
+
+def alone(cfg: dict) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        session = LocalSession(Path(tmp))
+        run_training(cfg, session)
+    model_cache.release_trial_memory()
+    return session.results
+
+
+def evals(rows: list[dict]) -> dict[int, float]:
+    return {r[M.EVAL_STEP]: r[M.EVAL_LOSS] for r in rows if M.EVAL_LOSS in r}
+
+
+@pytest.mark.parametrize("family", ["lora", "dora", "sora", "sdora"])
+def test_every_member_of_a_pack_gets_the_eval_losses_it_gets_alone(family, builtin_model_dir, builtin_task_files):
+    configs = [config(family, cell, steps=40) for cell in CELLS]
+    packed = train_pack(configs)
+    for cfg, member in zip(configs, packed, strict=True):
+        rows = alone(cfg)
+        mine, theirs = evals(member.reports), evals(rows)
+        assert member.status == "TERMINATED" and mine.keys() == theirs.keys() and len(mine) >= 3
+        for step, loss in theirs.items():
+            assert mine[step] == pytest.approx(loss, rel=1e-9, abs=0), (cfg["train"]["seed"], step)
+        # gates, sparsity and effective parameters at the end equal too
+        for key in (M.ADAPTER_TRAINABLE_PARAMS, M.ADAPTER_EFFECTIVE_PARAMS, M.ADAPTER_SPARSITY, M.ADAPTER_LIVE_RANKS):
+            assert (key in member.reports[-1]) == (key in rows[-1])
+            if key in rows[-1]:
+                assert member.reports[-1][key] == pytest.approx(rows[-1][key], rel=1e-9)
+    assert len({evals(m.reports)[40] for m in packed}) == 4  # the members really trained differently
+
+
+def test_float32_packs_drift_at_most_1e_4(builtin_model_dir, builtin_task_files):
+    configs = [config("lora", cell, steps=20, dtype="float32") for cell in CELLS[:2]]
+    for cfg, member in zip(configs, train_pack(configs), strict=True):
+        for step, loss in evals(alone(cfg)).items():
+            assert evals(member.reports)[step] == pytest.approx(loss, rel=1e-4)
+
+
+def test_a_member_with_a_nan_loss_leaves_and_the_others_go_on_unchanged(builtin_model_dir, builtin_task_files):
+    healthy = [config("lora", cell, steps=20) for cell in CELLS[:2]]
+    broken = config("lora", CELLS[2], steps=20)
+    broken["train"]["lr"], broken["train"]["max_grad_norm"] = 1e25, None  # diverges within a few steps
+    with_nan = train_pack([healthy[0], broken, healthy[1]])
+    without = train_pack(healthy)
+    assert with_nan[1].status == "ERROR" and "NonFiniteLossError" in with_nan[1].error
+    assert with_nan[1].state["step"] < 20
+    for a, b in zip([with_nan[0], with_nan[2]], without, strict=True):
+        assert a.status == b.status == "TERMINATED" and evals(a.reports) == evals(b.reports)
+
+
+def test_early_stopping_is_per_member(builtin_model_dir, builtin_task_files):
+    eager = config("lora", CELLS[2], steps=40)
+    eager["train"]["early_stopping"] = {"patience": 1, "min_rel_improvement": 0.5}  # stops at its 2nd eval
+    steady = config("lora", CELLS[0], steps=40)
+    packed = train_pack([eager, steady])
+    assert packed[0].state["early_stopped"] and packed[0].state["step"] < 40
+    assert evals(packed[0].reports) == pytest.approx(evals(alone(eager)), rel=1e-9)
+    assert packed[1].state["step"] == 40 and not packed[1].state["early_stopped"]
+    assert torch.isfinite(torch.tensor(list(evals(packed[1].reports).values()))).all()
