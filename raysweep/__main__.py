@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     bounds = sub.add_parser("bounds", help="PAC-Bayes bounds of sublora trials (recomputed from checkpoints)")
     bounds.add_argument("path", help="an experiment directory, a trial directory or a checkpoint directory")
     bounds.add_argument("--levels", type=int, default=None, help="quantization levels of α (default: the trial's, 11)")
-    bounds.add_argument("--quantizer", choices=["uniform", "kmeans"], default=None)
+    bounds.add_argument("--quantizer", choices=["uniform", "kmeans", "symmetric"], default=None,
+                        help="quantizer of α (default: the trial's bound_quantizer); symmetric: the SubLoRA "
+                        "reference's bins over [−max|α|, max|α|]")
     bounds.add_argument("--sample", type=int, default=None, help="units evaluated for the empirical risk")
     bounds.add_argument("--delta", type=float, default=None, help="confidence δ (default: the trial's, 0.05)")
 

@@ -3,6 +3,12 @@ and resource requests, each run through the real command line. Every case must e
 error that names the key path (or file) and says how to fix it, with no traceback, before Ray starts, and with
 the storage directory exactly as it was (a finished experiment is already in it).
 
+`plan` and `run` share one validation: every case a grid or its files cause runs through both (the cases
+marked `launch_only` are about where `run` runs: its options, this machine's CPUs). MODEL_CASES need the
+builtin model's files: mistakes that used to reach the trials (target_modules that match nothing, a rank past
+the layers' dimensions, a model directory without weights or tokenizer, token ids past the vocabulary, an
+unknown chat role).
+
 In-process calls of `raysweep.__main__.main` keep the table fast; a few subprocess runs check the same promise
 end to end (exit status and stderr of `python -m raysweep`).
 """
@@ -70,6 +76,7 @@ class Case:
     args: tuple[str, ...] = ()  # overrides and options after the grid file
     command: str = "run"
     storage_option: bool = True  # pass --storage (else the grid names `storage:`, or the command has none)
+    launch_only: bool = False  # `run` only: about where it runs (options, this machine), not the grid's inputs
     argv: Callable[[Path, Path, Path], list[str]] | None = None  # a whole command line (grid, fixtures, storage)
 
 
@@ -167,14 +174,14 @@ CASES = [
     Case("asha-train-without-dashboard", "train: {max_steps: 100, eval_every: 10}\nsearch: {scheduler: asha}\n"
          "resources: {num_workers: 2, cpus_per_worker: 0.5}\n",
          ("search.scheduler 'asha' with resources.executor 'train' needs the Ray dashboard",
-          "run without --no-dashboard"), args=("--no-dashboard",)),
+          "run without --no-dashboard"), args=("--no-dashboard",), launch_only=True),
     # ---- experiment name, storage
     Case("name-with-slash", "name: a/b\n" + T, ("name: String should match pattern", "letters, digits, _ . -")),
     Case("name-with-space", "name: 'my sweep'\n" + T, ("name:", "letters, digits, _ . -")),
     Case("name-option-escapes-storage", "storage: {storage}\n" + T, ("--name: '../escape' is not an experiment name", "letters, digits"),
-         args=("--name", "../escape"), storage_option=False),
+         args=("--name", "../escape"), storage_option=False, launch_only=True),
     Case("storage-option-is-a-file", T, ("--storage:", "storage_file is a file, not a directory", "give a directory"),
-         argv=lambda g, d, s: ["run", str(g), "--storage", str(d / "storage_file")]),
+         argv=lambda g, d, s: ["run", str(g), "--storage", str(d / "storage_file")], launch_only=True),
     Case("storage-key-is-a-file", T + "storage: {d}/storage_file\n", ("storage:", "is a file, not a directory"),
          storage_option=False),
     # ---- overrides
@@ -240,15 +247,17 @@ CASES = [
     # ---- resources this machine cannot give (Ray would wait forever with every trial PENDING), the cluster
     Case("cpus-beyond-machine", "storage: {storage}\n" + T + "resources: {cpus_per_worker: 100000}\n",
          ("resources.cpus_per_worker", "asks for 100000 CPU(s) but this machine has", "or run on a cluster"),
-         storage_option=False),
+         storage_option=False, launch_only=True),
     Case("gpus-beyond-machine", T + "resources: {gpus_per_worker: 1024}\n",
-         ("resources.gpus_per_worker", "asks for 1024 GPU(s)", "resources.gpus_per_worker: 0")),
+         ("resources.gpus_per_worker", "asks for 1024 GPU(s)", "resources.gpus_per_worker: 0"), launch_only=True),
     Case("workers-beyond-machine", T + "resources: {num_workers: 100000}\n",
-         ("resources.num_workers × resources.cpus_per_worker", "asks for 100000 CPU(s)")),
+         ("resources.num_workers × resources.cpus_per_worker", "asks for 100000 CPU(s)"), launch_only=True),
     Case("address-nothing-listens", T, ("--address: nothing answers at 127.0.0.1:1", "start the cluster there"),
-         args=("--address", "127.0.0.1:1")),
+         args=("--address", "127.0.0.1:1"), launch_only=True),
     Case("address-not-host-port", T, ("--address: 'head-node' is not 'auto' or host:port", "--address 10.0.0.1:6379"),
-         args=("--address", "head-node")),
+         args=("--address", "head-node"), launch_only=True),
+    Case("stall-timeout-zero", T + "resources: {stall_timeout_s: 0}\n",
+         ("resources.stall_timeout_s", "greater than 0", "expected: end a trial that reports nothing")),
     Case("actor-with-two-workers", T + "resources: {executor: actor, num_workers: 2}\n",
          ("resources: executor 'actor' runs each trial in one process", "set resources.executor to 'train'")),
     Case("keep-last-axis-with-actor", T + "grid: {train.keep_last: [1, 3]}\n",
@@ -261,10 +270,111 @@ CASES = [
     Case("masks-bad-override", T + "adapter: {type: masked}\n", ("adapter.sparsity", "less than 1"),
          args=("adapter.sparsity=1.5",), command="masks"),
     Case("resume-not-an-experiment", "", ("not a raysweep experiment directory", "give the path printed by"),
-         argv=lambda g, d, s: ["resume", str(s / "earlier")]),
+         argv=lambda g, d, s: ["resume", str(s / "earlier")], command="resume"),
     Case("resume-missing-directory", "", ("never-ran: no such directory", "give the experiment path printed by"),
-         argv=lambda g, d, s: ["resume", str(s / "never-ran")]),
+         argv=lambda g, d, s: ["resume", str(s / "never-ran")], command="resume"),
 ]
+
+
+# ---- the model itself and what the trials would read with it (need the builtin model's files; {m} is the
+# directory of model fixtures made from them): these used to fail inside every trial, after Ray started
+M = "model: {name_or_path: {m}/%s}\n"
+MODEL_CASES = [
+    Case("target-modules-unknown", T + "adapter: {target_modules: [no_such_proj]}\n",
+         ("adapter.target_modules: 'no_such_proj' matches no layer of builtin", "did you mean", "q_proj",
+          "or use 'all-linear'")),
+    Case("target-modules-typo", T, ("adapter.target_modules: 'q_prj' matches no layer", "did you mean 'q_proj'"),
+         args=("adapter.target_modules=[q_prj, v_proj]",)),
+    Case("target-modules-a-norm", T + "adapter: {target_modules: [input_layernorm]}\n",
+         ("adapter.target_modules: 'input_layernorm'", "no 2-D weight", "adapt layers such as")),
+    Case("target-modules-pattern-matches-nothing", T + "adapter: {target_modules: '(q|v)_proj'}\n",
+         ("adapter.target_modules: the pattern '(q|v)_proj' matches no layer", "whole module names")),
+    Case("rank-above-every-layer", T, ("adapter.r: 100000 is above min(in, out) of every layer it adapts",
+                                       "use adapter.r ≤ 128"), args=("adapter.r=100000",)),
+    Case("adapter-larger-than-base", T + "adapter: {r: 100}\n",
+         ("adapter.r: 100 gives an adapter of 435k parameters", "the whole base model's 368k", "lower adapter.r")),
+    Case("rank-axis-one-too-big", T + "grid: {adapter.r: [4, 200], train.seed: [0, 1]}\n",
+         ("grid (adapter.r=200: 2 cells) adapter.r: 200 is above min(in, out)",)),
+    Case("model-dir-config-only", T + M % "config_only",
+         ("config_only has config.json but no weights", "the directory is incomplete",
+          "config_only has no tokenizer", "tokenizer.save_pretrained")),
+    Case("model-config-not-json", T + M % "bad_json", ("bad_json/config.json:2: not valid JSON", "re-save")),
+    Case("model-weights-truncated", T + M % "truncated",
+         ("truncated/model.safetensors is not a readable safetensors file", "copy or download it again")),
+    Case("model-without-tokenizer", T + M % "no_tokenizer", ("no_tokenizer has no tokenizer", "save it next to")),
+    Case("model-tokenizer-broken", T + M % "bad_tokenizer",
+         ("bad_tokenizer/tokenizer.json does not load as a tokenizer", "save the tokenizer again")),
+    Case("model-shard-missing", T + M % "sharded",
+         ("model.safetensors.index.json lists model-00002-of-00002.safetensors, which is missing",)),
+    Case("model-axis-one-broken", T + "grid: {model.name_or_path: [builtin, {m}/config_only]}\n",
+         ("config_only has config.json but no weights",)),
+    Case("tokens-id-beyond-vocab", T + "data: {task: tokens, data_dir: {m}/tok_vocab, max_seq_len: 16}\n",
+         ("data.data_dir", "tok_vocab/train.bin' holds token id 1000", "tokenizer has 307 tokens", "regenerate them")),
+    Case("chat-role-unknown", T + "data: {task: chat, train_file: {m}/wizard.jsonl}\n",
+         ("data.train_file", "wizard.jsonl:2: role 'wizard' is not one of system, user, assistant, tool")),
+    Case("chat-role-typo", T + "data: {task: chat, train_file: {m}/good.jsonl, validation_file: {m}/asistant.jsonl}\n",
+         ("data.validation_file", "asistant.jsonl:1: role 'asistant'", "did you mean 'assistant'?")),
+    Case("chat-role-tool-not-in-template", T + M % "no_tool" + "data: {task: chat, train_file: {m}/tool.jsonl}\n",
+         ("tool.jsonl:1: role 'tool' is not one of system, user, assistant", "does not render 'tool' messages")),
+    # resume judges the files again: they may have changed since the sweep started
+    Case("resume-model-broken-since", T + M % "config_only", ("config_only has config.json but no weights",),
+         argv=lambda g, d, s: ["resume", str(_experiment(d, g))], command="resume"),
+    Case("every-problem-at-once", "train: {max_steps: 10, lr: -1}\ndata: {task: chat, train_file: {m}/wizard.jsonl}\n"
+         + M % "no_such_model", ("train.lr", "wizard.jsonl:2: role 'wizard'", "no_such_model' does not exist")),
+    Case("every-model-problem-at-once", T + M % "no_tool" + "adapter: {target_modules: [q_prj], r: 2}\n"
+         "data: {task: chat, train_file: {m}/tool.jsonl}\n",
+         ("'q_prj' matches no layer", "tool.jsonl:1: role 'tool'")),
+]
+
+
+def _experiment(d: Path, grid: Path) -> Path:
+    """An experiment directory as `run` leaves it (its raysweep.yaml: `grid`), for `resume`."""
+    experiment = d / "experiment"
+    experiment.mkdir()
+    (experiment / "raysweep.yaml").write_text(grid.read_text())
+    (experiment / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    return experiment
+
+
+def _write_model_fixtures(d: Path, builtin: Path) -> None:
+    """Broken copies of the builtin model, and data files that only the model can judge."""
+    import shutil
+
+    def copy(name: str, *files: str) -> Path:
+        (d / name).mkdir()
+        for f in files or [p.name for p in builtin.iterdir()]:
+            shutil.copy(builtin / f, d / name / f)
+        return d / name
+
+    copy("config_only", "config.json")
+    (copy("bad_json", "config.json") / "config.json").write_text('{"model_type": "llama",\n  "vocab_size": }\n')
+    weights = (copy("truncated") / "model.safetensors")
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    copy("no_tokenizer", "config.json", "model.safetensors")
+    (copy("bad_tokenizer") / "tokenizer.json").write_text("{not a tokenizer")
+    sharded = copy("sharded", "config.json", "tokenizer.json", "tokenizer_config.json")
+    shutil.copy(builtin / "model.safetensors", sharded / "model-00001-of-00002.safetensors")
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
+        "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+        "model.norm.weight": "model-00002-of-00002.safetensors"}}))
+    # a template that, like many chat models', refuses roles it does not know
+    (copy("no_tool") / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}"
+        "{{ raise_exception('unknown role ' + m['role']) }}{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}"
+        "{% endfor %}")
+    (d / "tok_vocab").mkdir()
+    np.array([1, 2, 3, 1000, 5] * 10, dtype=np.uint16).tofile(d / "tok_vocab" / "train.bin")
+    np.arange(40, dtype=np.uint16).tofile(d / "tok_vocab" / "val.bin")
+    (d / "good.jsonl").write_text(json.dumps(GOOD_CHAT) + "\n")
+    wizard = {"messages": [{"role": "user", "content": "a"}, {"role": "wizard", "content": "b"},
+                           {"role": "assistant", "content": "c"}]}
+    (d / "wizard.jsonl").write_text(json.dumps(GOOD_CHAT) + "\n" + json.dumps(wizard) + "\n")
+    asistant = {"messages": [{"role": "user", "content": "a"}, {"role": "asistant", "content": "b"},
+                             {"role": "assistant", "content": "c"}]}
+    (d / "asistant.jsonl").write_text(json.dumps(asistant) + "\n")
+    tool = {"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "42"},
+                         {"role": "assistant", "content": "b"}]}
+    (d / "tool.jsonl").write_text(json.dumps(tool) + "\n")
 
 
 def _snapshot(root: Path) -> dict[str, bytes | None]:
@@ -284,6 +394,13 @@ def storage(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def model_fixtures(builtin_model_dir, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("model_fixtures")
+    _write_model_fixtures(d, builtin_model_dir)
+    return d
+
+
 @pytest.fixture(autouse=True)
 def _ray_must_not_start(monkeypatch):
     # the promise is "refused before Ray starts"; should a case slip through, fail at once instead of starting a
@@ -295,25 +412,37 @@ def _ray_must_not_start(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # it would make `run` join a cluster instead of this machine
 
 
-def _argv(case: Case, tmp_path: Path, storage: Path) -> list[str]:
+def _argv(case: Case, tmp_path: Path, storage: Path, command: str | None = None, models: Path | None = None) -> list[str]:
+    """The command line of `case`, run as `command` (default: the case's own; "plan" for a case of `run`
+    drops --storage, which `plan` does not take)."""
     fixtures = tmp_path / "fixtures"
     fixtures.mkdir()
     _write_fixtures(fixtures)
     grid = tmp_path / "grid.yaml"
-    grid.write_text(case.grid.replace("{d}", str(fixtures)).replace("{storage}", str(storage)))
+    text = case.grid.replace("{d}", str(fixtures)).replace("{storage}", str(storage))
+    grid.write_text(text.replace("{m}", str(models)) if models else text)
+    command = command or case.command
     if case.argv:
-        return case.argv(grid, fixtures, storage)
-    extra = ["--storage", str(storage)] if case.storage_option and case.command in ("run", "masks") else []
-    return [case.command, str(grid), *case.args, *extra]
+        argv = case.argv(grid, fixtures, storage)
+        if command == "plan":
+            at = argv.index("--storage") if "--storage" in argv else len(argv)
+            argv = ["plan", *argv[1:at], *argv[at + 2:]]
+        return argv
+    extra = ["--storage", str(storage)] if case.storage_option and command in ("run", "masks") else []
+    return [command, str(grid), *case.args, *extra]
 
 
 def _flat(text: str) -> str:
     return " ".join(text.split())  # the error console wraps long lines
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_refused_before_anything_runs(case: Case, tmp_path, storage, capsys):
-    argv = _argv(case, tmp_path, storage)
+def _both(cases: list[Case]) -> list:
+    """(case, command) pairs: a case of `run` about the grid's inputs runs through `plan` too."""
+    return [pytest.param(c, cmd, id=f"{c.id}-{cmd}") for c in cases
+            for cmd in ([c.command, "plan"] if c.command == "run" and not c.launch_only else [c.command])]
+
+
+def _refused(argv: list[str], case: Case, storage: Path, capsys) -> None:
     before = _snapshot(storage)
     assert not ray.is_initialized()
     try:
@@ -331,8 +460,21 @@ def test_bad_input_is_refused_before_anything_runs(case: Case, tmp_path, storage
     assert _snapshot(storage) == before  # no new experiment directory, the old one byte for byte
 
 
+@pytest.mark.parametrize(("case", "command"), _both(CASES))
+def test_bad_input_is_refused_before_anything_runs(case: Case, command: str, tmp_path, storage, capsys):
+    _refused(_argv(case, tmp_path, storage, command), case, storage, capsys)
+
+
+@pytest.mark.parametrize(("case", "command"), _both(MODEL_CASES))
+def test_bad_model_input_is_refused_before_anything_runs(case: Case, command: str, tmp_path, storage, model_fixtures,
+                                                         capsys):
+    _refused(_argv(case, tmp_path, storage, command, model_fixtures), case, storage, capsys)
+
+
 def test_there_are_enough_cases():
-    assert len(CASES) >= 45 and len({c.id for c in CASES}) == len(CASES)
+    every = CASES + MODEL_CASES
+    assert len(CASES) >= 45 and len(MODEL_CASES) >= 18 and len({c.id for c in every}) == len(every)
+    assert len(_both(every)) >= 220  # most cases run through plan and run
 
 
 # ---- end to end: the real process, its exit status and stderr (a few cases; each costs a Python start)
@@ -344,11 +486,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=120)
 
 
-@pytest.mark.parametrize("case_id", ["duplicate-key", "jsonl-not-utf8", "cpus-beyond-machine",
-                                     "builtin-task-with-train-file", "name-option-escapes-storage"])
-def test_bad_input_end_to_end(case_id: str, tmp_path, storage):
-    case = next(c for c in CASES if c.id == case_id)
-    argv = _argv(case, tmp_path, storage)
+def _refused_end_to_end(argv: list[str], case: Case, storage: Path) -> None:
     before = _snapshot(storage)
     proc = _cli(*argv)
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -357,3 +495,17 @@ def test_bad_input_end_to_end(case_id: str, tmp_path, storage):
     for part in case.expected:
         assert part in _flat(proc.stderr), f"{part!r} not in:\n{proc.stderr}"
     assert _snapshot(storage) == before
+
+
+@pytest.mark.parametrize("case_id", ["duplicate-key", "jsonl-not-utf8", "cpus-beyond-machine",
+                                     "builtin-task-with-train-file", "name-option-escapes-storage"])
+def test_bad_input_end_to_end(case_id: str, tmp_path, storage):
+    case = next(c for c in CASES if c.id == case_id)
+    _refused_end_to_end(_argv(case, tmp_path, storage), case, storage)
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+@pytest.mark.parametrize("case_id", ["target-modules-unknown", "model-dir-config-only", "chat-role-unknown"])
+def test_bad_model_input_end_to_end(case_id: str, command: str, tmp_path, storage, model_fixtures):
+    case = next(c for c in MODEL_CASES if c.id == case_id)
+    _refused_end_to_end(_argv(case, tmp_path, storage, command, model_fixtures), case, storage)

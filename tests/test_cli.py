@@ -131,3 +131,14 @@ def test_the_sweep_driver_and_trial_entry_points_import_no_ml_stack(builtin_mode
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_plan_says_when_the_builtin_model_is_judged_later(tmp_path):
+    # a fresh machine: the builtin model is built by the first `run` (which then judges the adapter against
+    # it, before Ray starts); `plan` stays fast and says so instead of building it
+    env = dict(os.environ, COLUMNS="200", RAYSWEEP_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "raysweep", "plan", "search_spaces/quickstart.yaml",
+                           "adapter.r=100000"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: model 'builtin' is created on first use" in proc.stdout
+    assert not (tmp_path / "cache" / "models").exists()

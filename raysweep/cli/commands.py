@@ -9,13 +9,20 @@ import re
 from pathlib import Path
 
 from raysweep import config as C
-from raysweep.cli.console import EXIT_INTERRUPTED, EXIT_TRIAL_FAILED, BadInput, console, err_console
+from raysweep.cli.console import (
+    EXIT_INTERRUPTED,
+    EXIT_TRIAL_FAILED,
+    BadInput,
+    console,
+    err_console,
+    hide_trial_tracebacks,
+)
 from raysweep.cli.preflight import (
-    check_tensorboard,
-    ensure_builtin,
     load_grid,
     preflight,
+    storage_problems,
     storage_root,
+    tensorboard_problem,
     unique_name,
 )
 from raysweep.config import grid as G
@@ -27,13 +34,15 @@ def cmd_plan(args) -> int:
     from raysweep.offline import estimate
 
     raw, sweep, trials = load_grid(args.grid, args.overrides)
-    if args.calibrate:  # needs the model and data, like `run`
-        preflight(raw, trials)
-        ensure_builtin(trials)
+    # what `run` validates, but where it runs (the storage `run --storage` may replace, whether a trial fits
+    # this machine): `plan` may describe a sweep meant for a cluster. --calibrate builds the builtin model
+    notes = preflight(raw, trials, problems=storage_problems(None, sweep.storage), build_builtin=args.calibrate)
     with console.status("calibrating") if args.calibrate else contextlib.nullcontext():
         est, source = estimate.for_sweep(sweep, trials, calibrate_now=args.calibrate,
                                          log=lambda m: console.print(m, markup=False, highlight=False))
     print_plan(console, sweep, trials, est, source)
+    for note in notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
     return 0
 
 
@@ -50,24 +59,26 @@ def _finish(callback, search: C.SearchConfig, experiment_path: str) -> int:
 def cmd_run(args) -> int:
     import yaml
 
-    raw, sweep, trials = load_grid(args.grid, args.overrides)
-    preflight(raw, trials, launch=True, address=args.address)
-    if args.name is not None and not re.fullmatch(C.NAME_PATTERN, args.name):  # it becomes one directory
-        raise BadInput(f"--name: {args.name!r} is not an experiment name; use letters, digits, _ . - (first a "
-                       "letter or digit), e.g. --name rank_study-2")
-    check_tensorboard(args)
-    storage = storage_root(args, sweep)
-    name = unique_name(storage, args.name or sweep.name)
-    experiment_path = str(storage / name)
-
     from raysweep.cli.plan import describe_search
     from raysweep.sweep import driver
     from raysweep.sweep.progress import ProgressCallback
 
-    problem = driver.setup_problem(sweep, dashboard=not args.no_dashboard, address=args.address)
-    if problem:  # before anything is written, built (the builtin model) or Ray starts
-        raise BadInput(problem)
-    ensure_builtin(trials)
+    raw, sweep, trials = load_grid(args.grid, args.overrides)
+    problems = []
+    if args.name is not None and not re.fullmatch(C.NAME_PATTERN, args.name):  # it becomes one directory
+        problems.append(f"--name: {args.name!r} is not an experiment name; use letters, digits, _ . - (first a "
+                        "letter or digit), e.g. --name rank_study-2")
+    problems += storage_problems(args.storage, sweep.storage)
+    problems += [p for p in [tensorboard_problem(args),
+                             driver.setup_problem(sweep, dashboard=not args.no_dashboard, address=args.address)] if p]
+    # every problem at once, before anything is written, built (the builtin model: once all else is fine)
+    # or Ray starts
+    preflight(raw, trials, launch=True, address=args.address, problems=problems, build_builtin=True)
+    storage = storage_root(args, sweep)
+    name = unique_name(storage, args.name or sweep.name)
+    experiment_path = str(storage / name)
+    if not args.verbose:
+        hide_trial_tracebacks()
     try:  # before the experiment directory is written: a sweep that cannot start leaves nothing behind
         driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
                         warm_imports=sweep.resources.resolved_executor() == "actor")
@@ -89,8 +100,17 @@ def cmd_run(args) -> int:
     if line := header_line(sweep, trials, at_once):
         console.print(line)
     callback = ProgressCallback(experiment_path, lambda cell: G.trial_config(saved, cell), console)
-    return _watch(lambda: driver.run(sweep, saved, trials, str(storage), name, [callback], at_once,
-                                     tensorboard=args.tensorboard), callback, sweep, experiment_path)
+    return _watch(lambda: driver.run(sweep, saved, trials, str(storage), name, _callbacks(callback, sweep),
+                                     at_once, tensorboard=args.tensorboard), callback, sweep, experiment_path)
+
+
+def _callbacks(progress, sweep: C.Sweep) -> list:
+    """The driver's Tune callbacks: the live table and trials.csv, and the stall watchdog when asked for."""
+    if not sweep.resources.stall_timeout_s:
+        return [progress]
+    from raysweep.sweep.watchdog import StallWatchdog
+
+    return [StallWatchdog(sweep.resources.stall_timeout_s), progress]
 
 
 def _watch(fit, callback, sweep, experiment_path: str) -> int:
@@ -120,17 +140,18 @@ def cmd_resume(args) -> int:
     if not sweep_file.is_file() or not driver.experiment_exists(experiment_path):
         raise BadInput(f"{args.experiment}: not a raysweep experiment directory (no {SWEEP_FILE} "
                        "or Tune experiment state); give the path printed by `raysweep run`")
-    check_tensorboard(args)
     raw, sweep, trials = load_grid(str(sweep_file), [])
-    preflight(raw, trials, launch=True, address=args.address)
-    problem = driver.setup_problem(sweep, dashboard=not args.no_dashboard, address=args.address)
-    if problem:
-        raise BadInput(problem)
-    ensure_builtin(trials)
+    # the model and data files may have changed since the sweep started: the same validation as `run`
+    problems = [p for p in [tensorboard_problem(args),
+                            driver.setup_problem(sweep, dashboard=not args.no_dashboard, address=args.address)] if p]
+    preflight(raw, trials, launch=True, address=args.address, problems=problems, build_builtin=True)
+    if not args.verbose:
+        hide_trial_tracebacks()
     driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
                     warm_imports=driver.executor(sweep) == "actor")
     callback = ProgressCallback(experiment_path, lambda cell: G.trial_config(raw, cell), console)
-    return _watch(lambda: driver.resume(experiment_path, sweep, raw, [callback], retry_errored=args.retry_errored,
+    return _watch(lambda: driver.resume(experiment_path, sweep, raw, _callbacks(callback, sweep),
+                                        retry_errored=args.retry_errored,
                                         tensorboard=args.tensorboard), callback, sweep, experiment_path)
 
 
@@ -145,8 +166,7 @@ def cmd_masks(args) -> int:
     if not any(c["adapter"]["type"] == "masked" for c in configs):
         raise BadInput(f"{args.grid}: no trial has adapter.type 'masked', so there are no masks to compute; "
                        "set adapter.type: masked (or sweep it in the grid)")
-    preflight(raw, trials)
-    ensure_builtin(trials)
+    preflight(raw, trials, problems=storage_problems(args.storage, sweep.storage), build_builtin=True)
     store = storage_root(args, sweep)
     with console.status("computing masks"):
         results = precompute_masks(configs, store)

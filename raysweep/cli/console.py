@@ -1,7 +1,8 @@
-"""The CLI's consoles, exit codes and the one exception for user errors."""
+"""The CLI's consoles, exit codes, the one exception for user errors, and what Ray may print there."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 from rich.console import Console
@@ -16,3 +17,17 @@ err_console = Console(stderr=True, width=None if Console(stderr=True).is_termina
 
 class BadInput(Exception):
     """One or more user errors; printed without a traceback, exit code 2."""
+
+
+class _NoTrialTracebacks(logging.Filter):
+    # Tune logs every failed trial's whole worker traceback (~60 lines) at ERROR; the one-line reason is in
+    # the live table, the summary and trials.csv, the traceback in the trial's error.txt
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Trial task failed")
+
+
+def hide_trial_tracebacks() -> None:
+    """Keep failed trials' worker tracebacks off the console (`--verbose` shows them)."""
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, _NoTrialTracebacks) for f in logger.filters):
+        logger.addFilter(_NoTrialTracebacks())

@@ -1,13 +1,19 @@
-"""Checks that need the filesystem, the hub or the machine, done before Ray starts (after the grid file
-itself validated): model sources, data files, that a trial fits here or the cluster answers; and the
-grid loading, storage and name rules every command shares. The one place the CLI uses Ray's private
-helpers (what `ray.init()` would detect)."""
+"""The one validation `plan`, `run`, `resume` and `masks` share, done before Ray starts and before anything is
+written: the grid file (config/), then what needs the filesystem, the hub or the machine: model sources and
+what the model's files say against each trial's adapter (cli/model_check.py), data files (chat roles the
+model's template renders, token ids below its tokenizer's size), the problems each command finds in its own
+options (the storage, --name, ...); and for a launch, that the cluster answers or one trial fits here. Every
+problem is reported at once, one line each, exit code 2.
+Also the grid loading, storage and name rules every command shares. The one place the CLI uses Ray's
+private helpers (what `ray.init()` would detect)."""
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from raysweep import config as C
@@ -18,35 +24,147 @@ def load_grid(grid: str, overrides: list[str]):
     try:
         return C.load(grid, overrides)
     except C.ConfigError as exc:
-        raise BadInput(str(exc)) from None
+        # every problem at once: the files the grid's base sections name are checked too
+        more = [C.ConfigIssue("", p) for p in _base_file_problems(grid, overrides)]
+        raise BadInput(str(C.ConfigError(exc.source, exc.issues + more) if more else exc)) from None
 
 
-def preflight(raw: dict, trials, launch: bool = False, address: str | None = None) -> None:
-    """Checks that need the filesystem (or hub), done before Ray starts: model sources, data files, and for a
-    `launch`, that the cluster at `address` answers or (no address: Ray is started here) one trial fits here."""
+def _base_file_problems(grid: str, overrides: list[str]) -> list[str]:
+    """Data files and model source of a grid whose other keys are wrong (only sections that validate)."""
+    from pydantic import ValidationError
+
     from raysweep.inputs import data, models
 
-    problems: list[str] = []
-    for name in sorted({t.config.model.name_or_path for t in trials}):
-        problem = models.check_source(name)
-        if problem:
-            problems.append(problem)
+    try:
+        raw = C.read_yaml(grid)
+        if C.apply_overrides(raw, list(overrides)):
+            return []
+    except C.ConfigError:
+        return []
+    problems = []
+    try:
+        problems += data.check_files(C.DataConfig(**(raw.get("data") or {})).model_dump())
+    except (ValidationError, TypeError):
+        pass
+    try:
+        problems += [p for p in [models.check_source(C.ModelConfig(**(raw.get("model") or {})).name_or_path)] if p]
+    except (ValidationError, TypeError):
+        pass
+    return problems
+
+
+def preflight(raw: dict, trials, launch: bool = False, address: str | None = None,
+              problems: list[str] | None = None, build_builtin: bool = False) -> list[str]:
+    """Raise BadInput listing `problems` (the command's own, e.g. its options) and every problem of the
+    inputs: model sources and files against each trial's adapter, data files; for a `launch`, that the
+    cluster at `address` answers or (no address: Ray is started here) one trial fits here. `build_builtin`:
+    create the builtin model and task (once all else is fine) and check the builtin model's files too.
+    Returns notes on checks left for later (the builtin model before it is built)."""
+    from raysweep.inputs import models
+
+    problems = list(problems or [])
+    names = sorted({t.config.model.name_or_path for t in trials})
+    sources = {name: models.check_source(name) for name in names}
+    problems += [p for p in sources.values() if p]
     if any(t.config.model.load_in_4bit for t in trials):
         problems += [p for p in [models.check_quantization({"load_in_4bit": True})] if p]
-    seen = set()
-    for t in trials:
-        key = t.config.data.model_dump_json()
-        if key not in seen:
-            seen.add(key)
-            problems += data.check_files(t.config.data.model_dump())
+    facts = {name: None if sources[name] else models.facts(name) for name in names}
+    problems += _model_problems(raw, trials, facts)
     if launch and address:
         problems += [p for p in [_address_problem(address)] if p]
     # RAY_ADDRESS: ray.init() joins that cluster instead of starting one here. Resources are not grid axes:
     # every trial asks for the same
     elif launch and trials and not os.environ.get("RAY_ADDRESS"):
         problems += _local_fit(trials[0].config.resources)
+    _raise(problems)
+    waiting = [n for n in names if n == models.BUILTIN and facts[n] is None]
+    if build_builtin:
+        ensure_builtin(trials)
+        if waiting:  # built now: its files can be judged (a second look only on a fresh machine)
+            _raise(_model_problems(raw, trials, {n: models.facts(n) for n in waiting}))
+        return []
+    return [f"model '{n}' is created on first use (`run`, or `plan --calibrate`); its checks against the "
+            "adapter run then" for n in waiting]
+
+
+def _raise(problems: list[str]) -> None:
     if problems:
         raise BadInput("\n".join(["input problem(s):"] + [f"  - {p}" for p in dict.fromkeys(problems)]))
+
+
+def _model_problems(raw: dict, trials, facts: dict) -> list[str]:
+    """The model files' own problems, each trial's adapter against its model, its data files against the
+    model's chat roles and its token files against the tokenizer's size. `facts`: model name -> ModelFacts,
+    or None where the files cannot be read (yet); trials of models not in it are left out."""
+    from raysweep.cli import model_check
+    from raysweep.inputs import data
+
+    problems = [p for f in facts.values() if f is not None for p in f.problems]
+    verdicts: dict[tuple, list[str]] = {}  # one per distinct question: grids repeat models, adapters, data
+
+    def once(key: tuple, check: Callable[[], list[str]]) -> list[str]:
+        if key not in verdicts:
+            verdicts[key] = check()
+        return verdicts[key]
+
+    def adapter_check(trial) -> list[str]:
+        name = trial.config.model.name_or_path
+        found = facts.get(name)
+        if found is None or found.problems:
+            return []
+        return [p for adapter in _adapter_configs(raw, trial)
+                for p in once(("adapter", name, adapter.model_dump_json()),
+                              lambda a=adapter: model_check.adapter_problems(found, a, name))]
+
+    def data_check(trial) -> list[str]:
+        name = trial.config.model.name_or_path
+        if name not in facts:
+            return []
+        found, cfg, text = facts[name], trial.config.data.model_dump(), trial.config.data.model_dump_json()
+        # the template decides whether 'tool' is a role (unknown before the model's files are read: allowed)
+        roles = data.CHAT_ROLES if found is None or found.tool_role else tuple(r for r in data.CHAT_ROLES if r != "tool")
+        out = once(("data", text, roles), lambda: data.check_files(cfg, roles))
+        if found is not None and found.vocab_size and not out:
+            out = once(("vocab", text, found.vocab_size),
+                       lambda: data.check_token_vocab(cfg, found.vocab_size, model_check.cached_max_id))
+        return out
+
+    return problems + _per_trial(trials, adapter_check) + _per_trial(trials, data_check)
+
+
+def _per_trial(trials, check: Callable) -> list[str]:
+    """`check(trial)`'s problems; one that only some cells of the grid have names the first of them."""
+    where: dict[str, list] = {}
+    for t in trials:
+        for problem in check(t):
+            where.setdefault(problem, []).append(t)
+    out = []
+    for problem, hit in where.items():
+        if len(hit) == len(trials) or not hit[0].cell:
+            out.append(problem)
+            continue
+        # the axis values these cells share say what causes it (e.g. adapter.r=256 of a rank × seed grid)
+        shared = {k: v for k, v in hit[0].cell.items() if all(k in t.cell and t.cell[k] == v for t in hit)}
+        label = ", ".join(f"{k}={v}" for k, v in (shared or hit[0].cell).items())
+        out.append(f"grid ({label}{f': {len(hit)} cells' if len(hit) > 1 else ''}) {problem}")
+    return out
+
+
+def _adapter_configs(raw: dict, trial) -> list:
+    """The adapter of a trial; with ranges in its cell (random/optuna), the adapter at every corner of them,
+    as config/grid.py validates them (capped: 8 ranges give 256 corners)."""
+    from raysweep.config.ranges import Range
+
+    ranged = [k for k, v in trial.cell.items() if isinstance(v, Range)]
+    if not any(k.startswith("adapter.") for k in ranged):
+        return [trial.config.adapter]
+    middle = {k: (v.representative() if isinstance(v, Range) else v) for k, v in trial.cell.items()}
+    out = [trial.config.adapter]
+    for ends in itertools.islice(itertools.product(*(trial.cell[k].extremes() for k in ranged)), 256):
+        config, _ = C.validate_trial(C.resolve(raw, middle | dict(zip(ranged, ends, strict=True))))
+        if config is not None:
+            out.append(config.adapter)
+    return out
 
 
 def _address_problem(address: str) -> str | None:
@@ -106,18 +224,33 @@ def ensure_builtin(trials) -> None:
 
 def storage_root(args, sweep) -> Path:
     given = args.storage or sweep.storage or "~/ray_results"
+    problem = storage_problem(given, "--storage" if args.storage else "storage")
+    if problem:
+        raise BadInput(problem)
+    return Path(os.path.expanduser(given)).resolve()
+
+
+def storage_problems(option: str | None, key_value: str | None) -> list[str]:
+    """The storage a command would use: --storage (`option`) or the grid's `storage` key."""
+    problem = storage_problem(option or key_value, "--storage" if option else "storage")
+    return [problem] if problem else []
+
+
+def storage_problem(given: str | None, key: str) -> str | None:
+    """Why `given` cannot be the experiments' storage root (None: fine, created if missing)."""
+    if not given:
+        return None
     if "://" in given:  # trials.csv, raysweep.yaml and the mask store are written with plain file I/O
-        key = "--storage" if args.storage else "storage"
-        raise BadInput(f"{key}: {given} is a URI; raysweep needs a directory, on a cluster one every node mounts "
-                       "at the same path (NFS, EFS, a shared disk): see docs/cluster.md")
+        return (f"{key}: {given} is a URI; raysweep needs a directory, on a cluster one every node mounts "
+                "at the same path (NFS, EFS, a shared disk): see docs/cluster.md")
     storage = Path(os.path.expanduser(given)).resolve()
     if storage.exists() and not storage.is_dir():  # found here, not as a traceback from mkdir after Ray starts
-        key = "--storage" if args.storage else "storage"
-        raise BadInput(f"{key}: {storage} is a file, not a directory; give a directory for the experiments "
-                       "(it is created if missing)")
-    return storage
+        return (f"{key}: {storage} is a file, not a directory; give a directory for the experiments (it is "
+                "created if missing)")
+    return None
 
 
-def check_tensorboard(args) -> None:
+def tensorboard_problem(args) -> str | None:
     if args.tensorboard and importlib.util.find_spec("tensorboardX") is None:
-        raise BadInput("--tensorboard: tensorboardX is not installed; `pip install tensorboardX` or drop the flag")
+        return "--tensorboard: tensorboardX is not installed; `pip install tensorboardX` or drop the flag"
+    return None

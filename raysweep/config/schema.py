@@ -206,6 +206,11 @@ class ResourcesConfig(_Section):
         None, gt=0, description="trials at once (empty: as many as the cluster's CPUs/GPUs hold)"
     )
     max_failures: int = Field(0, ge=0, description="retries of a failed trial from its latest checkpoint")
+    stall_timeout_s: float | None = Field(
+        None, gt=0,
+        description="end a trial that reports nothing (no step, no eval) for this many seconds, with that reason "
+        "(counted from its start too: leave room for loading the model); empty: never",
+    )
     executor: Literal["auto", "train", "actor"] = Field(
         "auto",
         description="how a trial runs: 'train' (a Ray Train TorchTrainer per trial; needed for num_workers > 1), "

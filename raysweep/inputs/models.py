@@ -28,6 +28,13 @@ def check_source(name_or_path: str) -> str | None:
             return (f"model.name_or_path: {name_or_path!r} has no config.json; point it to a directory "
                     "written by save_pretrained")
         return None
+    try:  # a hub id already in the Hugging Face cache: its config is on disk (no transformers import)
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+            return None
+    except Exception:  # noqa: BLE001 - an id huggingface_hub rejects is judged by AutoConfig below
+        pass
     try:  # a hub id: fetch (or find cached) its config only, which is small
         from transformers import AutoConfig
 
@@ -37,6 +44,37 @@ def check_source(name_or_path: str) -> str | None:
         return (f"model.name_or_path: {name_or_path!r} is neither a local directory nor a reachable "
                 f"Hugging Face id ({reason}); fix the id or path, or use 'builtin'")
     return None
+
+
+def local_files(name_or_path: str) -> tuple[Path | None, bool]:
+    """(the directory holding the model's files on this machine, whether it must be complete) without
+    building or downloading anything: the builtin model once built, a local directory, or a hub id's
+    snapshot in the Hugging Face cache (which may hold some files only: the rest download in the trial).
+    (None, False) when there is nothing to read yet."""
+    if name_or_path == BUILTIN:
+        from raysweep.inputs.builtin.model import MODEL_VERSION
+        from raysweep.inputs.cache import default_cache_dir
+
+        built = default_cache_dir() / "models" / f"builtin-{MODEL_VERSION}"  # ensure_builtin_model's directory
+        return (built, True) if built.is_dir() else (None, False)
+    if _looks_like_path(name_or_path):
+        path = Path(name_or_path).expanduser()
+        return (path, True) if (path / "config.json").is_file() else (None, False)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name_or_path, local_files_only=True)), False
+    except Exception:  # noqa: BLE001 - not cached here (or not a valid id: check_source says so)
+        return None, False
+
+
+def facts(name_or_path: str):
+    """What the model's files say (inputs/model_facts.py, cached per directory), or None if they are not on
+    this machine yet (a hub id not downloaded, the builtin model before its first build)."""
+    from raysweep.inputs import model_facts
+
+    directory, complete = local_files(name_or_path)
+    return model_facts.inspect(directory, complete=complete) if directory is not None else None
 
 
 def resolve(name_or_path: str) -> str:

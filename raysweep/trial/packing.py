@@ -82,21 +82,24 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
+        present = [(k, rows) for k, rows in enumerate(self.slices) if rows is not None]
+        # torch.split, not x[start:end]: the backward of a split is one concatenation, while each slice's
+        # backward writes a zero tensor of the whole batch (K of them per layer: a step K² in the pack size)
+        sizes = [end - start for _, (start, end, _) in present]
+        xs, outs = torch.split(x, sizes), torch.split(out, sizes)
         pieces = []
-        for k, rows in enumerate(self.slices):
-            if rows is None:
-                continue
-            start, end, width = rows
+        for (k, (_, _, width)), x_k, out_k in zip(present, xs, outs, strict=True):
             member = self.members[k]
             if member is None:  # this member does not adapt this layer
-                pieces.append(out[start:end])
+                pieces.append(out_k)
                 continue
             # the member's layer sees its own rows at its own width, as alone (dropout draws one number per
             # element, so a wider input would shift its random stream); the padding columns keep the base output
-            self.shared[k].pending = out[start:end, :width]
+            narrow = width != x.shape[1]
+            self.shared[k].pending = out_k[:, :width] if narrow else out_k
             with member_rng(member[0]):
-                mine = member[1](x[start:end, :width])
-            pieces.append(mine if width == x.shape[1] else torch.cat([mine, out[start:end, width:]], dim=1))
+                mine = member[1](x_k[:, :width] if narrow else x_k)
+            pieces.append(torch.cat([mine, out_k[:, width:]], dim=1) if narrow else mine)
         return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
 
