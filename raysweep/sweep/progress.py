@@ -210,7 +210,7 @@ class ProgressCallback(Callback):
         metrics = [c for c in family if c[1] == "metric"]
         axes = _other_axes(self.records.values())
         columns = ["trial", "status", "adapter", "rank", "seed"] + [k.split(".")[-1] for k in axes] + [
-            c[0] for c in options] + ["step", "loss", "eval loss", "acc", "tok/s"] + [c[0] for c in metrics]
+            c[0] for c in options] + ["step", "loss", "eval loss", "acc", "tok/s", "setup s"] + [c[0] for c in metrics]
         for col in columns:
             table.add_column(col, justify="right" if col not in ("trial", "status", "adapter") else "left")
         for rec in self.records.values():
@@ -221,7 +221,8 @@ class ProgressCallback(Callback):
             row += [_fmt(rec.cell.get(key)) for key in axes]
             row += [_fmt(_option(rec.resolved["adapter"], key)) for _, _, key in options]
             row += [_fmt(last.get(M.TRAIN_STEP)), _fmt(last.get(M.TRAIN_LOSS)), _fmt(last.get(M.EVAL_LOSS)),
-                    _fmt(last.get(M.EVAL_ACCURACY), 3), _fmt(last.get(M.TRAIN_TOKENS_PER_S), 3)]
+                    _fmt(last.get(M.EVAL_ACCURACY), 3), _fmt(last.get(M.TRAIN_TOKENS_PER_S), 3),
+                    _fmt(last.get(M.SYS_SETUP_S), 2)]  # model + data + optimizer: a trial's start-up
             row += [_fmt(last.get(key), 3) for _, _, key in metrics]
             table.add_row(*row)
         return table
