@@ -17,6 +17,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   # quant: bitsandbytes, QLoRA tests run on CPU too; deepspeed: ZeRO strategies, their tests run on CPU (gloo).
   # DeepSpeed ships as source: DS_BUILD_OPS=0 compiles none of its C++/CUDA ops at install (raysweep uses
   # torch's AdamW and torch.distributed, no DeepSpeed op); the torch installed above satisfies it and stays
-  DS_BUILD_OPS=0 .venv/bin/python -m pip install --quiet -e ".[dev,quant,deepspeed]"
+  # track: wandb and mlflow (tracking: in grid.yaml), tested offline / against a local MLflow server
+  DS_BUILD_OPS=0 .venv/bin/python -m pip install --quiet -e ".[dev,quant,deepspeed,track]"
   touch "$stamp"
 fi

@@ -61,8 +61,9 @@ def preflight(raw: dict, trials, launch: bool = False, address: str | None = Non
     create the builtin model and task (once all else is fine) and check the builtin model's files too.
     Returns notes on checks left for later (the builtin model before it is built)."""
     from raysweep.inputs import models
+    from raysweep.sweep import trackers
 
-    problems = list(problems or [])
+    problems = list(problems or []) + trackers.problems(raw.get("tracking"))  # package, server, login
     names = sorted({t.config.model.name_or_path for t in trials})
     sources = {name: models.check_source(name) for name in names}
     problems += [p for p in sources.values() if p]

@@ -269,6 +269,28 @@ class ResourcesConfig(_Section):
         return self.gpus_per_worker if 0 < self.gpus_per_worker < 1 else None
 
 
+class WandbConfig(_Section):
+    project: str = Field("raysweep", description="W&B project; each trial is one run in it")
+    group: str | None = Field(None, description="W&B group of the sweep's runs (empty: the experiment name)")
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online", description="'online' (needs a W&B login), 'offline' (runs written locally, `wandb sync` "
+        "uploads them later) or 'disabled' (no W&B at all)")
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI, e.g. http://127.0.0.1:5000 (empty: a local sqlite store in the "
+        "experiment directory)")
+    experiment: str | None = Field(None, description="MLflow experiment of the sweep's runs (empty: the experiment name)")
+
+
+class TrackingConfig(_Section):
+    """Experiment trackers fed by Ray Tune's own logger callbacks (sweep/trackers.py): one run per trial."""
+
+    wandb: WandbConfig | None = Field(None, description="log every trial to Weights & Biases (empty: off)")
+    mlflow: MlflowConfig | None = Field(None, description="log every trial to MLflow (empty: off)")
+
+
 class TrialConfig(_Section):
     """Everything one trial needs; what the worker receives (as a plain dict)."""
 
@@ -286,6 +308,7 @@ class Sweep(TrialConfig):
                       "letter or digit), e.g. rank_study-2")
     storage: str | None = Field(None, description="experiment storage root (empty: ~/ray_results)")
     search: SearchConfig = Field(default_factory=SearchConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     grid: Any = Field(default_factory=dict, description="axes: a mapping key.path -> [values], or a list of them")
 
 

@@ -21,6 +21,11 @@ TRAIN_RUN_PREFIX = "train-"
 MASKS_DIR = "masks"  # under the storage root, not an experiment: masks shared by every sweep on that storage
 TOKENIZED_DIR = "tokenized"  # under the storage root too: tokenized datasets shared by every trial and sweep there
 
+# ---- the trackers' local stores (tracking: in grid.yaml; sweep/trackers.py)
+MLFLOW_DB = "mlflow.db"  # MLflow's sqlite store when tracking.mlflow.tracking_uri is empty (MLflow 3 refuses file stores)
+MLFLOW_ARTIFACTS = "mlflow-artifacts"  # ... and its artifact root
+# W&B writes its own wandb/ folder under the experiment directory (dir=), named by wandb itself
+
 # ---- what Ray Tune writes into each trial directory
 PARAMS_FILE = "params.json"
 RESULT_FILE = "result.json"

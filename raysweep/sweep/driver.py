@@ -24,6 +24,7 @@ from typing import Any
 
 from raysweep.config import Sweep, Trial, trial_config
 from raysweep.experiment.layout import TRAIN_RUN_PREFIX, TRAIN_RUNS_DIR
+from raysweep.sweep import trackers
 from raysweep.sweep.param_space import param_space
 from raysweep.sweep.schedulers import build_scheduler, build_search_alg
 
@@ -265,7 +266,8 @@ def run(sweep: Sweep, sweep_raw: dict[str, Any], trials: list[Trial], storage: s
             reuse_actors=in_actor,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, callbacks=_with_loggers(callbacks, tensorboard), verbose=0,
+            name=name, storage_path=storage, verbose=0,
+            callbacks=_with_loggers([*callbacks, *trackers.callbacks(sweep.tracking, experiment_path)], tensorboard),
             # retries: Ray Train's FailureConfig inside the TorchTrainer (train), Tune's here (actor);
             # both restart the trial from its latest checkpoint
             failure_config=tune.FailureConfig(max_failures=res.max_failures if in_actor else 0),
@@ -297,7 +299,8 @@ def resume(experiment_path: str, sweep: Sweep, sweep_raw: dict[str, Any], callba
         resume_errored=retry_errored,
     )
     # Tuner.restore keeps the RunConfig of the original run, whose callbacks are not restored
-    tuner._local_tuner.get_run_config().callbacks = _with_loggers(callbacks, tensorboard)  # noqa: SLF001 - no public setter in Ray 2.60
+    tuner._local_tuner.get_run_config().callbacks = _with_loggers(  # noqa: SLF001 - no public setter in Ray 2.60
+        [*callbacks, *trackers.callbacks(sweep.tracking, experiment_path)], tensorboard)
     return tuner.fit()
 
 

@@ -73,6 +73,8 @@ class ProgressCallback(Callback):
         self.records: dict[str, TrialRecord] = {}
         self._live: Live | None = None
         self._last_print = 0.0
+        self.started_at: float | None = None  # wall clock: this run of the sweep started (setup)
+        self.total: int | None = None  # trials the sweep will run (None: read from raysweep.yaml when first shown)
         self._scheduler: str | None = None
         # launch/end times of an earlier run of this experiment (resume): Tune does not keep them, and a
         # trial that finished then is not started again
@@ -89,9 +91,12 @@ class ProgressCallback(Callback):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.console = Console()
+        self.__dict__.setdefault("started_at", None)  # pickled before the header showed timing
+        self.__dict__.setdefault("total", None)
 
     # --- Tune Callback interface -------------------------------------------------------------
     def setup(self, **info) -> None:
+        self.started_at = time.time()
         if self.console.is_terminal:
             self._live = Live(self.table(), console=self.console, refresh_per_second=1, transient=False)
             self._live.start()
@@ -202,7 +207,7 @@ class ProgressCallback(Callback):
         for rec in self.records.values():
             counts[rec.shown_status] = counts.get(rec.shown_status, 0) + 1
         title = "  ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "starting"
-        table = Table(title=f"raysweep · {title}", title_justify="left")
+        table = Table(title=f"raysweep · {title}  ·  {self.timing()}", title_justify="left")
         # family columns (e.g. λ and gate sparsity for sora, mask and violations for masked): the union over
         # the families in this sweep, option columns before the common metrics, metric columns after them
         family = _family_columns(self.records.values())
@@ -227,6 +232,39 @@ class ProgressCallback(Callback):
             table.add_row(*row)
         return table
 
+    def timing(self, now: float | None = None) -> str:
+        """'elapsed 3m 05s · 4/8 done · ETA 2m 10s': the ETA is the mean duration of the finished trials ×
+        the trials left ÷ the trials running now ('ETA -' until one finishes). Rebuilt with every table, so
+        it follows each finished trial."""
+        now = time.time() if now is None else now
+        done = [r for r in self.records.values() if r.status in ("TERMINATED", "ERROR")]
+        total = max(self.total_trials(), len(self.records))
+        elapsed = _duration(now - self.started_at) if self.started_at else "-"
+        # durations observed here or in an earlier run of the experiment (resume keeps their times)
+        took = [r.ended_at - r.launched_at for r in done if r.launched_at and r.ended_at and r.ended_at >= r.launched_at]
+        running = sum(r.status == "RUNNING" for r in self.records.values())
+        left = total - len(done)
+        if not took:
+            eta = "-"
+        elif left <= 0:
+            eta = "0s"
+        else:
+            eta = _duration(sum(took) / len(took) * left / max(running, 1))
+        return f"elapsed {elapsed} · {len(done)}/{total} done · ETA {eta}"
+
+    def total_trials(self) -> int:
+        """Trials the sweep runs: `total`, else counted from its raysweep.yaml (Tune creates trials a few at a
+        time, so its trial list is not the sweep), else the trials seen so far."""
+        if self.total is None:
+            try:
+                from raysweep import config as C
+
+                _, sweep, trials = C.load(Path(self.experiment_path) / SWEEP_FILE)
+                self.total = C.trial_count(sweep, trials)
+            except Exception:  # noqa: BLE001 - only a count for the header: the trials seen so far will do
+                self.total = 0
+        return self.total
+
     def write_csv(self) -> Path:
         path = Path(self.experiment_path) / TRIALS_FILE
         metric_keys = list(M.ALL_METRICS)
@@ -246,6 +284,16 @@ class ProgressCallback(Callback):
                             r.error, r.path, r.launched_at or "", r.ended_at or ""])
         os.replace(partial, path)
         return path
+
+
+def _duration(seconds: float) -> str:
+    """45s, 3m 05s, 2h 07m."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
 def earlier_times(path: Path) -> dict[str, tuple[float | None, float | None]]:
