@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 import sys
 import tempfile
@@ -44,17 +43,6 @@ print(json.dumps({"rss_mb": (after.rss - before.rss) / 2**20, "uss_mb": (after.u
 """
 
 
-def write_conversations(path: Path, n: int) -> None:
-    rng = random.Random(0)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    with path.open("w") as f:
-        for _ in range(n):
-            word = " ".join(rng.choice(letters) for _ in range(rng.randint(3, 6)))
-            reply = " ".join(rng.choice(letters) for _ in range(rng.randint(3, 6)))
-            f.write(json.dumps({"messages": [{"role": "user", "content": f"encode: {word}"},
-                                             {"role": "assistant", "content": reply}]}) + "\n")
-
-
 def child(how: str, path: Path, store: Path) -> dict:
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", CHILD, how, str(path), str(store)], capture_output=True,
@@ -70,12 +58,12 @@ def main() -> None:
 
     from raysweep.inputs import models, tokenized
     from raysweep.inputs.builtin import ensure_builtin_model
-    from tests.helpers import trial_config
+    from tests.helpers import trial_config, write_cipher_chats
 
     ensure_builtin_model()
     with tempfile.TemporaryDirectory() as tmp:
         path, store = Path(tmp) / "chat.jsonl", Path(tmp) / "store"
-        write_conversations(path, args.conversations)
+        write_cipher_chats(path, args.conversations)
         config = trial_config(data={"task": "chat", "train_file": str(path), "max_seq_len": 32,
                                     "max_eval_examples": None})
         t0 = time.perf_counter()

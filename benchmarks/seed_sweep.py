@@ -36,7 +36,7 @@ def trivial(config):
     started = time.time()
     tune.report({"seed": config["seed"], "started": started, "ended": time.time()})
 
-ray.init(num_cpus=%d, include_dashboard=False, log_to_driver=False)
+ray.init(num_cpus=int(sys.argv[2]), include_dashboard=False, log_to_driver=False)
 with tempfile.TemporaryDirectory() as tmp:
     tuner = tune.Tuner(tune.with_resources(trivial, {"cpu": 1}),
                        param_space={"seed": tune.grid_search(list(range(int(sys.argv[1]))))},
@@ -45,13 +45,13 @@ with tempfile.TemporaryDirectory() as tmp:
     frame = tuner.fit().get_dataframe()
 print(frame["ended"].max() - frame["started"].min())
 ray.shutdown()
-""" % SLOTS
+"""
 
 
 def plain_tune(trials: int) -> tuple[float, float]:
     """(wall seconds launch -> exit, trials' makespan) of the plain Tune script in a fresh interpreter."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PLAIN, str(trials)], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", PLAIN, str(trials), str(SLOTS)], capture_output=True, text=True, check=True)
     return time.perf_counter() - t0, float(proc.stdout.strip().splitlines()[-1])
 
 

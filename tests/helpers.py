@@ -33,3 +33,19 @@ def make_gpt2_model(directory: Path, builtin_dir: Path) -> Path:
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
+
+
+def write_cipher_chats(path: Path, n: int) -> Path:
+    """n one-turn chat conversations in the builtin task's alphabet (the builtin tokenizer covers it), seeded."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    with Path(path).open("w") as f:
+        for _ in range(n):
+            word = " ".join(rng.choice(letters) for _ in range(rng.randint(3, 6)))
+            reply = " ".join(rng.choice(letters) for _ in range(rng.randint(3, 6)))
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"encode: {word}"},
+                                             {"role": "assistant", "content": reply}]}) + "\n")
+    return Path(path)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
 from raysweep.experiment import layout
 from raysweep.experiment import metrics as M
 from raysweep.inputs import tokenized
+from tests.helpers import write_cipher_chats
 from tests.test_integration import read_trials, results_of, run_cli
 
 pytestmark = pytest.mark.integration
@@ -17,21 +17,9 @@ pytestmark = pytest.mark.integration
 CONVERSATIONS = 100_000
 
 
-def big_chat_file(path, n: int) -> None:
-    """n one-turn conversations in the builtin task's alphabet (the builtin tokenizer covers it)."""
-    rng = random.Random(0)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    with path.open("w") as f:
-        for _ in range(n):
-            word = " ".join(rng.choice(letters) for _ in range(rng.randint(3, 6)))
-            reply = " ".join(rng.choice(letters) for _ in range(rng.randint(3, 6)))
-            f.write(json.dumps({"messages": [{"role": "user", "content": f"encode: {word}"},
-                                             {"role": "assistant", "content": reply}]}) + "\n")
-
-
 def test_a_100k_conversation_sweep_of_8_trials_on_2_processes_tokenizes_once(tmp_path, builtin_model_dir):
     chat = tmp_path / "chat.jsonl"
-    big_chat_file(chat, CONVERSATIONS)
+    write_cipher_chats(chat, CONVERSATIONS)
     grid = tmp_path / "grid.yaml"
     grid.write_text(f"""name: seeds
 data: {{task: chat, train_file: {chat}, max_seq_len: 32, max_eval_examples: 64}}

@@ -6,7 +6,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
 from raysweep.experiment import metrics as M
 from raysweep.inputs import model_cache
@@ -96,4 +95,4 @@ def test_early_stopping_is_per_member(builtin_model_dir, builtin_task_files):
     assert packed[0].state["early_stopped"] and packed[0].state["step"] < 40
     assert evals(packed[0].reports) == pytest.approx(evals(alone(eager)), rel=1e-9)
     assert packed[1].state["step"] == 40 and not packed[1].state["early_stopped"]
-    assert torch.isfinite(torch.tensor(list(evals(packed[1].reports).values()))).all()
+    assert evals(packed[1].reports) == pytest.approx(evals(alone(steady)), rel=1e-9)  # the other goes on as alone

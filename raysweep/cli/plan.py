@@ -4,6 +4,7 @@ seconds and the sweep's wall time and device-hours (offline/estimate)."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import TYPE_CHECKING
 
@@ -96,17 +97,22 @@ def describe_data_cache(sweep: C.Sweep, trials: list[Trial]) -> list[str]:
     root = tokenized.root_dir(sweep.storage)
     users: dict[str, list[int]] = {}
     keys: dict[str, dict] = {}
+    seen: dict[str, str | None] = {}  # (model, data) as JSON -> entry directory: stat the files once per dataset
     for t in trials:
         model, data = t.config.model.model_dump(mode="json"), t.config.data.model_dump(mode="json")
         if not tokenized.uses_cache(data):
             continue
-        try:
-            key = tokenized.cache_key(model, data)
-        except Exception:  # noqa: BLE001 - a bad path is the data check's to report, not the plan's
-            continue
-        directory = str(tokenized.entry_dir(root, key))
-        users.setdefault(directory, []).append(t.index)
-        keys[directory] = key
+        pair = json.dumps([model, data], sort_keys=True)
+        if pair not in seen:
+            try:
+                key = tokenized.cache_key(model, data)
+            except Exception:  # noqa: BLE001 - a bad path is the data check's to report, not the plan's
+                key = None
+            seen[pair] = str(tokenized.entry_dir(root, key)) if key else None
+            if key:
+                keys[seen[pair]] = key
+        if seen[pair]:
+            users.setdefault(seen[pair], []).append(t.index)
     lines = []
     for directory, indices in users.items():
         built, size = tokenized.state(root, keys[directory])

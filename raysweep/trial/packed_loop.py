@@ -64,8 +64,6 @@ class Running:
 
 def build(configs: list[dict[str, Any]], device) -> tuple[Pack, Any, list[Member]]:
     """The runner and the members, each built as run_training builds it alone (seeded, fresh base view)."""
-    from transformers import set_seed
-
     from raysweep import adapters
     from raysweep.inputs import model_cache
 
@@ -80,7 +78,6 @@ def build(configs: list[dict[str, Any]], device) -> tuple[Pack, Any, list[Member
         model = adapter.build(view)
         model.config.use_cache = False
         members.append(Member(model=model, adapter=adapter, rng=torch.get_rng_state()))
-    set_seed(configs[0]["train"]["seed"])
     runner, tokenizer, _, _ = model_cache.base_model(configs[0]["model"], device)
     runner.config.use_cache = False
     if configs[0]["train"]["gradient_checkpointing"]:
