@@ -230,12 +230,27 @@ class ResourcesConfig(_Section):
         "{device: cpu}}}); batch size, accumulation, clipping and the ZeRO stage come from train.* and "
         "resources.strategy",
     )
+    pack: int | Literal["auto"] = Field(
+        1,
+        description="up to this many grid cells train together in one worker over one shared frozen base "
+        "(packed trials; each keeps the results it would get alone); 'auto': as many as the measured default "
+        "allows; 1: one cell per worker",
+    )
     gpu_memory_fraction: float | None = Field(
         None, gt=0, le=1,
         description="cap on the share of its GPU's memory one worker's process may allocate (a trial past it "
         "fails with CUDA out-of-memory instead of starving trials packed on the same GPU); empty: "
         "gpus_per_worker when that is a fraction below 1, else no cap",
     )
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack_is_positive_or_auto(cls, value: Any) -> Any:
+        # bool is an int to Python; 2.0 would pass int parsing: both are typos, not pack sizes
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"must be a whole number ≥ 1 or 'auto', not {value!r}: e.g. pack: 4 "
+                         "(four cells share one worker) or pack: 1 (no packing)")
 
     @model_validator(mode="after")
     def _actor_has_one_worker(self) -> ResourcesConfig:
