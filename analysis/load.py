@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.baseline import load_baselines, task_metrics, with_deltas
 from raysweep.experiment import metrics as M
 from raysweep.experiment import outcome
 from raysweep.experiment.layout import (
@@ -20,6 +21,7 @@ from raysweep.experiment.layout import (
     RESULT_FILE,
     SUMMARY_CSV,
     SWEEP_FILE,
+    TASK_METRICS_FILE,
     TRIALS_FILE,
 )
 from raysweep.experiment.metrics import CHECKPOINT_PATH, TRAIN_EARLY_STOPPED
@@ -88,6 +90,29 @@ def load_trials(experiment: str | Path) -> pd.DataFrame:
         frame["flag"] = [outcome.flag(s, b, e) for s, b, e in zip(status, stopped_by, early, strict=True)]
         if CHECKPOINT_PATH in frame:
             frame[CHECKPOINT_PATH] = frame[CHECKPOINT_PATH].map(lambda p: _relocate(p, _recorded_root(root), root))
+        frame = _evaluated_later(frame)
+        # each task metric's difference to the untuned base (`<metric> Δbase`), where the experiment has one
+        frame = with_deltas(frame, load_baselines(root))
+    return frame
+
+
+def _evaluated_later(frame: pd.DataFrame) -> pd.DataFrame:
+    """Task metrics `raysweep eval` wrote beside a trial's checkpoint, over what the trial reported."""
+    if CHECKPOINT_PATH not in frame:
+        return frame
+    frame = frame.copy()
+    for index, checkpoint in frame[CHECKPOINT_PATH].items():
+        path = Path(checkpoint) / TASK_METRICS_FILE if isinstance(checkpoint, str) and checkpoint else None
+        if path is None or not path.is_file():
+            continue
+        try:
+            found = json.loads(path.read_text()).get("metrics", {})
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        for key, value in found.items():
+            if key not in frame:
+                frame[key] = pd.Series(index=frame.index, dtype=object if isinstance(value, str) else float)
+            frame.at[index, key] = value
     return frame
 
 
@@ -137,12 +162,17 @@ def print_overview(console, frame: pd.DataFrame, experiment: str, out: Path | No
     cols = [c for c in ("trial_id", "status", "flag", "adapter.type", "adapter.r", "train.seed", M.TRAIN_STEP,
                         "wall_time_s",
                         M.EVAL_LOSS, M.EVAL_ACCURACY, M.ADAPTER_TRAINABLE_PARAMS, M.BOUND_DOC_BPD) if c in frame]
+    cols += task_metrics(frame)[:4]  # the first task metrics (all, with their baseline deltas, in summary.csv)
     table = Table(title=f"{experiment}: {len(frame)} trial(s)", title_justify="left")
     for c in cols:
         table.add_column(c)
     for _, row in frame[cols].iterrows():
         table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
     console.print(table)
+    if M.TASK_ERRORS in frame:  # a task that could not be evaluated (e.g. its dataset was unreachable)
+        for _, row in frame[frame[M.TASK_ERRORS].notna() & (frame[M.TASK_ERRORS].astype(str) != "")].iterrows():
+            console.print(f"task metrics missing for {row['trial_id']}: {row[M.TASK_ERRORS]}", markup=False,
+                          highlight=False)
     if M.BOUND_DOC_BPD in frame:  # SubLoRA: the per-trial bounds above, and the sweep's best with its ln N
         from analysis.sweep_bounds import lines
 

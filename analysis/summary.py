@@ -9,6 +9,7 @@ import pandas as pd
 
 from analysis import families
 from analysis.aggregate import config_axes, over_seeds
+from analysis.baseline import baseline_row, below_baseline, load_baselines, task_metrics
 from analysis.history import load_history
 from analysis.load import ran_to_end
 from analysis.pareto import pareto_front
@@ -29,14 +30,22 @@ def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] |
     out.mkdir(parents=True, exist_ok=True)
     finished = frame[ran_to_end(frame)]
     stopped = _stopped_by(frame)
-    metrics = list(dict.fromkeys([*SUMMARY_METRICS, *families.METRICS[families.family_of(frame)], *objectives]))
+    tasks = task_metrics(frame)  # task/<task>/<metric>, gen/*: named by the tasks the sweep evaluated
+    deltas = [f"{m}{M.BASELINE_DELTA_SUFFIX}" for m in tasks if f"{m}{M.BASELINE_DELTA_SUFFIX}" in frame]
+    metrics = list(dict.fromkeys([*SUMMARY_METRICS, *families.METRICS[families.family_of(frame)], *tasks, *deltas,
+                                  *objectives]))
     metrics = [m for m in metrics if m in frame]
     table = over_seeds(finished, metrics, config_axes(frame))
-    table.to_csv(out / f"{L.SUMMARY_TABLE}.csv", index=False)
+    baseline = _single_baseline(frame)
+    # the untuned base is a row of its own in the written tables (not in the Pareto front: it is no configuration)
+    written = pd.concat([baseline_row(table, baseline), table], ignore_index=True) if baseline else table
+    written.to_csv(out / f"{L.SUMMARY_TABLE}.csv", index=False)
     shown = [m for m in metrics if f"{m} mean" in table and table[f"{m} mean"].notna().any()]
     caption = "mean ± std over seeds; best per column in bold; * fewer seeds than the other configurations"
-    (out / f"{L.SUMMARY_TABLE}.tex").write_text(to_latex(table, shown, caption))
-    (out / f"{L.SUMMARY_TABLE}.md").write_text(to_markdown(table, shown))
+    if baseline:
+        caption += "; Δbase: difference to the untuned base (first row, n 0)"
+    (out / f"{L.SUMMARY_TABLE}.tex").write_text(to_latex(written, shown, caption))
+    (out / f"{L.SUMMARY_TABLE}.md").write_text(to_markdown(written, shown))
     means = table.rename(columns={f"{m} mean": m for m in objectives})
     missing = [m for m in objectives if m not in means]
     if missing:
@@ -55,13 +64,29 @@ def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] |
         from analysis.sweep_bounds import lines
 
         notes += lines(frame, ran_to_end(frame))
+    if baseline:  # the report marks what an adapter made worse than the untuned base
+        below = table[below_baseline(table, baseline).to_numpy()]
+        if len(below):
+            axes = [c for c in table.columns if c.startswith("cell/")]
+            names = ["; ".join(f"{a.removeprefix('cell/')}={row[a]}" for a in axes) for _, row in below.iterrows()]
+            notes.append(f"Below the untuned base on a task metric: {len(below)} configuration(s): "
+                         + " | ".join(names))
     write_report(out / L.REPORT_FILE, title=f"raysweep: {Path(str(frame['trial_path'].iloc[0])).parent.name}",
                  table=table, metrics=shown, objectives=objectives, on_front=front.on_front, figures=figures,
-                 notes=notes)
+                 notes=notes, frame=frame)
     return {"report": out / L.REPORT_FILE, "figures": figures, "objectives": objectives, "summary_table": out / f"{L.SUMMARY_TABLE}.csv", "pareto": out / L.PARETO_FILE,
             "markdown": (out / f"{L.SUMMARY_TABLE}.md").read_text(),
             "front": table[front.on_front], "excluded": table.loc[front.excluded],
             "configurations": len(table), "unfinished": len(frame) - len(finished), "stopped": len(stopped)}
+
+
+def _single_baseline(frame: pd.DataFrame) -> dict[str, float]:
+    """The untuned base's task metrics when the sweep has one base (several: each trial's Δbase columns)."""
+    path = frame["trial_path"].dropna()
+    if path.empty:
+        return {}
+    baselines = load_baselines(Path(str(path.iloc[0])).parent)
+    return next(iter(baselines.values())) if len(baselines) == 1 else {}
 
 
 def _stopped_by(frame: pd.DataFrame) -> pd.Series:

@@ -35,15 +35,15 @@ def cells(table: pd.DataFrame, metrics: list[str]) -> tuple[pd.DataFrame, dict[s
         if mean is None or mean.isna().all():
             continue
         out[m] = [_fmt(a) + ("" if pd.isna(b) else f" ± {_fmt(b)}") for a, b in zip(mean, std, strict=True)]
-        if m in BETTER:
-            target = mean.min() if BETTER[m] == "min" else mean.max()
+        if m in BETTER or M.is_task_metric(m):  # task metrics (accuracy, exact match, F1, Δbase): higher is better
+            target = mean.min() if BETTER.get(m, "max") == "min" else mean.max()
             best[m] = {i for i, v in enumerate(mean) if v == target}
     return out, best
 
 
 def _latex_escape(text: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                 ("±", r"$\pm$"), ("–", "--")):
+                 ("±", r"$\pm$"), ("–", "--"), ("Δ", r"$\Delta$")):  # Δbase: pdflatex has no Greek in text
         text = text.replace(a, b)
     return text
 

@@ -12,7 +12,9 @@ config (no hub), sequences of 512 tokens, batch 8, LoRA r 16 on all linear layer
   4. the memory cap behind `gpus_per_worker: 0.25`: two processes on the GPU, each a trial capped at 25 %;
      one asks for ~45 % of the card (a batch that would fit without the cap) and must fail with CUDA
      out-of-memory while the other finishes within its 25 %.
-  5. packed trials: skipped, marked so (issue "Packed trials" has not landed).
+  5. packed trials (case c of the issue "Packed trials"): 8 LoRA configurations (r × lr × seed) as one pack of 8
+     (trial/packed_loop.py) vs one trial at a time vs four processes at gpus_per_worker 0.25 (CUDA only):
+     trials/hour ratios from per-step times, a member's tokens/s in the pack vs step 1's bare loop.
 Per step time = (wall(N2 steps) − wall(N1 steps)) / (N2 − N1) in one warm process, as in
 benchmarks/step_time.py, so start-up, the two evaluations and the final checkpoint cancel out.
 Every step is guarded: a failing one records its error and traceback, and the rest go on. Results go to
@@ -306,6 +308,8 @@ def throughput(s: Settings, ctx: dict[str, Any], checkpointing: bool) -> dict[st
                            "steps_differenced": s.throughput_steps, "gradient_checkpointing": checkpointing}
     key = "mem_gc" if checkpointing else "mem_plain"
     ctx[key] = rows[1]["peak_mem_mb"]
+    if not checkpointing:
+        ctx["step1_rows"] = rows  # step 5 compares a packed member's tokens/s with the bare loop
     if checkpointing and ctx.get("mem_plain") is not None:
         out["raysweep_mem_mb_without_checkpointing"] = ctx["mem_plain"]
         if s.device.startswith("cuda"):  # on CPU sys/mem_mb is the process RSS: no activation memory to see
@@ -444,8 +448,80 @@ def memory_cap_step(s: Settings, ctx: dict[str, Any], budget: Budget) -> dict[st
     return out | {"rows": rows}
 
 
-PACKED = ("skipped: packed trials (issue \"Packed trials\") do not exist yet; once they land, this step runs "
-          "8 configurations packed vs one at a time vs four at gpus_per_worker 0.25 (case c of that issue's benchmark)")
+# step 5: 8 LoRA configurations (r × lr × seed), the grid researchers run on one base
+PACK_CELLS = [{"adapter.r": r, "train.lr": lr, "train.seed": seed}
+              for r in (8, 16) for lr in (1e-3, 2e-3) for seed in (0, 1)]
+
+
+def pack_run(s: Settings, configs: list[dict[str, Any]]) -> tuple[float, dict[str, Any]]:
+    """(wall seconds, last report of the first member) of one pack trained to its end in this process."""
+    import torch
+
+    from raysweep.inputs import model_cache
+    from raysweep.trial.packed_loop import train_pack
+
+    model_cache.release_trial_memory()
+    sync(s.device)
+    t0 = time.perf_counter()
+    runs = train_pack(configs, device=torch.device(s.device))
+    sync(s.device)
+    wall = time.perf_counter() - t0
+    if any(r.status != "TERMINATED" for r in runs):
+        raise RuntimeError(f"a member did not finish: {[(r.status, r.error) for r in runs]}")
+    return wall, runs[0].reports[-1]
+
+
+def quarter_round(s: Settings, steps: int, budget: Budget) -> float:
+    """Wall seconds of 4 trials run at once as 4 processes at gpus_per_worker 0.25 (step 4's child), from the
+    first start to the last end of their training (model loads included: the N1/N2 difference cancels them)."""
+    children = []
+    for k in range(4):
+        result = s.work / f"quarter_{k}.json"
+        result.unlink(missing_ok=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child-cap", f"quarter{k},{s.batch},{steps}",
+               "--child-result", str(result), "--device", s.device, "--work", str(s.work), "--out", str(s.out)]
+        with (s.work / f"quarter_{k}.log").open("w") as log:
+            children.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), result))
+    rows = []
+    for proc, result in children:
+        proc.wait(timeout=max(30.0, budget.left() - 5))
+        rows.append(json.loads(result.read_text()))
+    if any(r.get("status") != "ok" for r in rows):
+        raise RuntimeError(f"a 0.25-GPU trial failed: {[r.get('error', r.get('status')) for r in rows]}")
+    return max(r["t_end"] for r in rows) - min(r["t_start"] for r in rows)
+
+
+def packed_step(s: Settings, ctx: dict[str, Any], budget: Budget) -> dict[str, Any]:
+    """Step 5 (case c of the issue "Packed trials"): 8 configurations as a pack of 8 vs one at a time vs four at
+    gpus_per_worker 0.25; trials/hour of each from per-step times (N2 − N1 steps), and a member's tokens/s in
+    the pack against the bare peft loop of step 1."""
+    n1, n2 = s.steps
+    alone_s, _ = per_step(lambda n: raysweep_run(s, trial_config(s, n, **PACK_CELLS[-1])), n1, n2)
+    pack_s, row = per_step(lambda n: pack_run(s, [trial_config(s, n, **c) for c in PACK_CELLS]), n1, n2)
+    k, tokens = len(PACK_CELLS), s.batch * s.seq
+    out: dict[str, Any] = {
+        "alone_ms_per_step": 1000 * alone_s, "pack8_ms_per_step": 1000 * pack_s,
+        # trial-steps per second: one trial at a time does 1/alone_s; the pack advances 8 trials per step
+        "pack8_vs_one_at_a_time": (k / pack_s) / (1 / alone_s),
+        "member_tokens_per_s_in_pack": tokens / pack_s, "tokens_per_s_alone": tokens / alone_s,
+        "pack_peak_mem_mb": row.get("sys/mem_mb"), "target_vs_one_at_a_time": 3.0}
+    bare = next((r["tokens_per_s"] for r in ctx.get("step1_rows", []) if r["loop"].startswith("bare")), None)
+    if bare:
+        out["member_tokens_per_s_vs_bare"] = out["member_tokens_per_s_in_pack"] / bare
+    if s.device.startswith("cuda") and budget.left() > 120:
+        from raysweep.inputs import model_cache
+
+        model_cache.clear()  # the four processes need the device's memory, not this process's cached base
+        import torch
+
+        torch.cuda.empty_cache()
+        quarter_s = (quarter_round(s, n2, budget) - quarter_round(s, n1, budget)) / (n2 - n1)  # 4 trials per "step"
+        out |= {"quarter4_ms_per_step": 1000 * quarter_s,
+                "pack8_vs_quarter4": (k / pack_s) / (4 / quarter_s)}
+    else:
+        out["quarter4"] = "not run: CUDA only (the 0.25 share is a GPU memory cap), or out of time"
+    return out
+
 
 STEPS: dict[str, str] = {
     "1": "raysweep loop vs bare peft loop: tokens/s (LoRA r16, bf16 autocast)",
@@ -605,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         "2": lambda: throughput(s, ctx, checkpointing=True),
         "3": lambda: adapters_step(s, budget),
         "4": lambda: memory_cap_step(s, ctx, budget),
-        "5": lambda: {"status": PACKED},
+        "5": lambda: packed_step(s, ctx, budget),
     }
     if args.only:
         keep = set(args.only.split(","))

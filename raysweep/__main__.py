@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raysweep.cli import commands
+from raysweep.cli import commands, report_cmd
 from raysweep.cli.console import EXIT_BAD_INPUT, BadInput, err_console
 
 
@@ -75,6 +75,20 @@ def _parser() -> argparse.ArgumentParser:
                      "(default 1e-3; 5e-3 for bfloat16/float16 models)")
     exp.add_argument("--no-check", action="store_true", help="do not evaluate the export")
 
+    ev = sub.add_parser("eval", help="task metrics (lm-eval tasks, generation) of finished trials, written beside "
+                        "their results (analyze shows them with the baseline's delta)")
+    ev.add_argument("path", help="an experiment directory (every trial, or --best), a trial or a checkpoint directory")
+    ev.add_argument("--best", action="store_true", help="PATH is an experiment: evaluate its best finished trial "
+                    "(by the experiment's search.metric and search.mode)")
+    ev.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="lm-eval task names or task YAML "
+                    "paths (default: the grid's evaluate.lm_eval.tasks)")
+    ev.add_argument("--generation", action="store_true", help="also score greedy answers on the chat validation "
+                    "split (gen/exact_match, gen/f1)")
+    ev.add_argument("--limit", type=int, default=None, help="examples per task (and generated answers)")
+    ev.add_argument("--weights", choices=["best", "final"], default="final", help="final: the checkpoint's last "
+                    "step (adapter/, default; the weights the trial's own metrics are of); best: best_adapter/")
+    ev.add_argument("--no-baseline", action="store_true", help="do not evaluate the untuned base")
+
     analyze = sub.add_parser("analyze", help="summarise a finished (or partial) experiment")
     analyze.add_argument("experiment")
     analyze.add_argument("--out", default=None, help="where tables go (default: the experiment directory)")
@@ -82,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
                          help="Pareto objectives (default per family: adapter/effective_params:min eval/loss:min; "
                          "masked: mask/achieved_sparsity:max eval/loss:min; sublora: bound/kl_nats:min "
                          "bound/doc_bpd_empirical:min; analysis/families.py)")
+    report = sub.add_parser("report", help="write the experiment's interactive HTML report; --watch: serve it "
+                            "on 127.0.0.1 and rewrite it while the sweep runs")
+    report.add_argument("experiment", help="experiment directory, e.g. ~/ray_results/quickstart")
+    report.add_argument("--watch", action="store_true", help="serve the report on 127.0.0.1 and rewrite it "
+                        "whenever the results change; the page reloads itself (Ctrl-C to stop)")
+    report.add_argument("--port", type=int, default=None, help="with --watch: the port (default 8365; 0: any free one)")
+    report.add_argument("--interval", type=float, default=None, help="with --watch: seconds between checks for "
+                        "new results, and the page's reload interval (default 10)")
     return p
 
 
@@ -96,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = {"run": commands.cmd_run, "plan": commands.cmd_plan, "resume": commands.cmd_resume,
                "analyze": commands.cmd_analyze, "masks": commands.cmd_masks, "bounds": commands.cmd_bounds,
-               "export": commands.cmd_export}[args.command]
+               "export": commands.cmd_export, "eval": commands.cmd_eval,
+               "report": report_cmd.cmd_report}[args.command]
     try:
         return handler(args)
     except BadInput as exc:

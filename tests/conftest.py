@@ -17,6 +17,8 @@ def _isolated_cache(tmp_path_factory):
         os.environ["RAYSWEEP_CACHE"] = str(tmp_path_factory.mktemp("raysweep-cache"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # the live report.html rewrite (sweep/live_report.py) costs 0.4-2 s per sweep: on only where a test asks
+    os.environ.setdefault("RAYSWEEP_REPORT_INTERVAL_S", "0")
     yield
 
 

@@ -94,16 +94,19 @@ def check_resumed_from_latest_checkpoint(results: list[dict], restart: int, ever
 # ------------------------------------------------------------------------------- a trial's process dies
 
 
-@pytest.mark.parametrize("executor", ["actor", "train"])
+@pytest.mark.parametrize("executor", ["actor", "train", "packed"])
 def test_killed_trial_process_is_retried_from_its_latest_checkpoint(tmp_path, builtin_model_dir, builtin_task_files,
                                                                     executor):
-    """resources.max_failures under both executors: SIGKILL the process running the training loop (its pid
-    is in every report); the trial restarts from its latest checkpoint (not from step 0) in a new process and
-    finishes, and its checkpoints and reported metrics look like those of an uninterrupted trial."""
+    """resources.max_failures under both executors and for packed trials: SIGKILL the process running the
+    training loop (its pid is in every report; packed: the pack worker); the trial restarts from its latest
+    checkpoint (not from step 0) in a new process and finishes, and its checkpoints and reported metrics look
+    like those of an uninterrupted trial."""
+    packed = ["resources.pack=2"] if executor == "packed" else []
+    executor = "actor" if executor == "packed" else executor
     storage, log = tmp_path / "runs", tmp_path / "run.log"
     proc = start_cli(log, "run", "search_spaces/quickstart.yaml", "grid.train.seed=[0]", "grid.adapter.type=[lora]",
                      "adapter.r=4", "train.max_steps=200", "train.checkpoint_every=25", "resources.max_failures=1",
-                     f"resources.executor={executor}", "--storage", storage, "--name", "kill")
+                     f"resources.executor={executor}", *packed, "--storage", storage, "--name", "kill")
 
     def past_two_checkpoints():
         for trial_dir in (storage / "kill").glob("*/"):

@@ -77,9 +77,9 @@ def test_tiny_cpu_mode_runs_every_step_without_the_packages_the_gpu_lacks(tmp_pa
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads((out / "results.json").read_text())
     steps = record["steps"]
-    failed = {k: v.get("error") for k, v in steps.items() if v["status"] not in ("ok",) and k != "5"}
+    failed = {k: v.get("error") for k, v in steps.items() if v["status"] not in ("ok",)}
     assert not failed, failed
-    assert steps["5"]["status"].startswith("skipped: packed trials")
+    assert steps["5"]["pack8_vs_one_at_a_time"] > 0 and steps["5"]["member_tokens_per_s_vs_bare"] > 0
     assert record["imported_absent"] == []  # ray, optuna, bitsandbytes, deepspeed: none was needed
     # what each step measured is there (numbers on a CPU mean nothing; their presence does)
     assert [r["loop"] for r in steps["1"]["rows"]] == ["bare peft + torch", "raysweep run_training"]

@@ -96,3 +96,49 @@ def test_early_stopping_is_per_member(builtin_model_dir, builtin_task_files):
     assert evals(packed[0].reports) == pytest.approx(evals(alone(eager)), rel=1e-9)
     assert packed[1].state["step"] == 40 and not packed[1].state["early_stopped"]
     assert evals(packed[1].reports) == pytest.approx(evals(alone(steady)), rel=1e-9)  # the other goes on as alone
+
+
+def test_members_join_mid_run_and_resume_from_their_checkpoints_with_their_results_alone(
+        builtin_model_dir, builtin_task_files, tmp_path):
+    """Continuous packing and resume: a member that joins a pack already 12 steps in, and a member resumed
+    from its own checkpoint into a new pack, each get every eval loss they get alone (float64: exactly);
+    with gradient accumulation (micro-batches averaged as alone)."""
+    from raysweep.trial.packed_loop import PackEngine
+
+    first, late = (config("dora", cell, steps=30) for cell in CELLS[:2])
+    for cfg in (first, late):
+        cfg["train"]["grad_accum_steps"] = 2
+    sessions = [LocalSession(tmp_path / "first"), LocalSession(tmp_path / "late")]
+    engine = PackEngine(first)
+    [run_first] = engine.admit([(first, sessions[0], None)])
+    for _ in range(12):
+        engine.step()
+    [run_late] = engine.admit([(late, sessions[1], None)])
+    while engine.running():
+        engine.step()
+    for cfg, run in ((first, run_first), (late, run_late)):
+        assert run.status == "TERMINATED"
+        assert evals(run.reports) == pytest.approx(evals(alone(cfg)), rel=1e-9, abs=0)
+
+    # the first member again, resumed from its step-10 checkpoint beside a fresh member
+    checkpoint = next(p for p in sessions[0].checkpoints if p.name.endswith("000010"))
+    engine = PackEngine(first)
+    resumed, _ = engine.admit([(first, LocalSession(tmp_path / "resumed"), checkpoint),
+                               (late, LocalSession(tmp_path / "late2"), None)])
+    while engine.running():
+        engine.step()
+    after = {step: loss for step, loss in evals(run_first.reports).items() if step > 10}
+    mine = {step: loss for step, loss in evals(resumed.reports).items() if step > 10}
+    assert resumed.status == "TERMINATED" and mine == pytest.approx(after, rel=1e-9, abs=0) and len(after) == 2
+
+
+def test_each_member_gets_the_task_metrics_of_its_own_adapter(builtin_model_dir, builtin_task_files, tmp_path):
+    """evaluate: in a pack: each member's generation exact match / F1 are those of its own adapter, equal to
+    its run alone (the member's model runs outside the pack for them), and the pack still trains as alone."""
+    evaluate = {"when": "end", "baseline": False, "generation": {"max_new_tokens": 8, "max_examples": 16}}
+    configs = [trial_config(train={"seed": seed, "max_steps": 30, "eval_every": 30, "lr": lr}, adapter={"r": r},
+                            evaluate=evaluate) for seed, lr, r in ((0, 3e-3, 4), (1, 1e-2, 8))]
+    for cfg, member in zip(configs, train_pack(configs), strict=True):
+        rows = alone(cfg)
+        for key in (M.GEN_EXACT_MATCH, M.GEN_F1, M.EVAL_LOSS):
+            assert member.reports[-1][key] == pytest.approx(rows[-1][key], rel=1e-4), key

@@ -1,4 +1,4 @@
-"""The commands: plan | run | resume | masks | bounds | export | analyze. Each takes the parsed arguments and
+"""The commands: plan | run | resume | masks | bounds | export | eval | analyze. Each takes the parsed arguments and
 returns an exit code (cli/console.py); user errors raise BadInput."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def cmd_run(args) -> int:
         hide_trial_tracebacks()
     try:  # before the experiment directory is written: a sweep that cannot start leaves nothing behind
         driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
-                        warm_imports=sweep.resources.resolved_executor() == "actor")
+                        warm_imports=driver.warm_imports(sweep))
     except ConnectionError as exc:  # e.g. --address auto with no cluster running
         raise BadInput(f"--address {args.address}: {exc}; start the cluster (`ray start --head`) or fix "
                        "the address") from None
@@ -148,7 +148,7 @@ def cmd_resume(args) -> int:
     if not args.verbose:
         hide_trial_tracebacks()
     driver.init_ray(args.address, dashboard=not args.no_dashboard, verbose=args.verbose,
-                    warm_imports=driver.executor(sweep) == "actor")
+                    warm_imports=driver.warm_imports(sweep))
     callback = ProgressCallback(experiment_path, lambda cell: G.trial_config(raw, cell), console)
     return _watch(lambda: driver.resume(experiment_path, sweep, raw, _callbacks(callback, sweep),
                                         retry_errored=args.retry_errored,
@@ -240,6 +240,47 @@ def cmd_export(args) -> int:
                           markup=False, highlight=False)
         return EXIT_TRIAL_FAILED
     return 0
+
+
+def cmd_eval(args) -> int:
+    from raysweep.offline.evaluate import EvalError, evaluate_path
+
+    if args.limit is not None and args.limit < 1:
+        raise BadInput(f"--limit: {args.limit} is not a number of examples; give a whole number ≥ 1")
+    if not Path(args.path).expanduser().exists():
+        raise BadInput(f"{args.path}: no such directory; give an experiment, trial or checkpoint directory")
+    problems = _task_problems(args.tasks or [])
+    if problems:
+        raise BadInput("\n".join(["input problem(s):"] + [f"  - {p}" for p in problems]))
+    try:
+        with console.status("task metrics"):
+            results = evaluate_path(args.path, best=args.best, tasks=args.tasks, generation=args.generation,
+                                    limit=args.limit, weights=args.weights,
+                                    baseline=False if args.no_baseline else None,
+                                    log=lambda m: console.print(m, markup=False, highlight=False))
+    except EvalError as exc:
+        raise BadInput(str(exc)) from None
+    from raysweep.experiment import metrics as M
+
+    for result in results:
+        if result.selection:
+            s = result.selection
+            console.print(f"best of {s['trials_considered']} finished trial(s) by {s['metric']} ({s['mode']}): "
+                          f"{s['value']:.6g}")
+        shown = {k: v for k, v in result.metrics.items() if M.is_task_metric(k)}
+        console.print(f"[bold]{result.trial_id or result.checkpoint}[/bold] " + ", ".join(
+            f"{k} {v:.4g}" + (f" (base {result.baseline[k]:.4g})" if k in result.baseline else "")
+            for k, v in shown.items()))
+        if result.metrics.get(M.TASK_ERRORS):
+            console.print(f"missing: {result.metrics[M.TASK_ERRORS]}", markup=False, highlight=False)
+        console.print(f"wrote {result.written}", markup=False)
+    return 0
+
+
+def _task_problems(tasks: list[str]) -> list[str]:
+    from raysweep.cli.preflight import task_name_problems
+
+    return task_name_problems([("--tasks", tasks)])
 
 
 def cmd_analyze(args) -> int:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from raysweep import config as C
 from raysweep.config.grid import Trial, trial_count
+from raysweep.sweep.packs import describe_packs
 from raysweep.sweep.resources import trials_at_once
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial], estimate: 
     console.print(f"trials: {n} ({describe_search(sweep.search, len(trials))})")
     console.print(f"each trial asks for: {per_trial}")
     console.print(f"executor: {describe_executor(res)}")
+    for line in describe_packs(sweep, trials):
+        console.print(line, markup=False, highlight=False)
     if res.max_concurrent:
         console.print(f"at most {res.max_concurrent} at once (resources.max_concurrent)")
     elif not res.gpus_per_worker:
@@ -67,6 +70,8 @@ def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial], estimate: 
         console.print(f"trials at once: the cluster's GPUs ÷ {res.gpus_per_worker * res.num_workers:g}")
     console.print(f"ranked by: {sweep.search.metric} ({sweep.search.mode})")
     for line in describe_data_cache(sweep, trials):
+        console.print(line, markup=False, highlight=False)
+    if line := describe_evaluate(sweep.evaluate):
         console.print(line, markup=False, highlight=False)
     if estimate:
         print_estimate(console, sweep, estimate, source)
@@ -120,6 +125,23 @@ def describe_data_cache(sweep: C.Sweep, trials: list[Trial]) -> list[str]:
                 else "to build: the first trial tokenizes it, the others wait and read it")
         lines.append(f"tokenized data ({len(indices)} trial(s)): {what}; {directory}")
     return lines
+
+
+def describe_evaluate(evaluate) -> str | None:
+    """One line on the task metrics (the `evaluate:` section), or None without one."""
+    if evaluate is None:
+        return None
+    parts = []
+    if evaluate.lm_eval is not None:
+        e = evaluate.lm_eval
+        parts.append(f"lm-eval {', '.join(e.tasks)} ({e.num_fewshot}-shot, "
+                     f"{f'{e.limit} examples' if e.limit else 'all examples'} each)")
+    if evaluate.generation is not None:
+        g = evaluate.generation
+        parts.append(f"generation {'/'.join(g.metrics)} on {g.max_examples or 'all'} validation answers "
+                     f"(≤ {g.max_new_tokens} tokens)")
+    base = "; untuned base once per model (delta in analyze)" if evaluate.baseline else ""
+    return f"task metrics at {evaluate.when.replace('_', ' ')}: " + " + ".join(parts) + base
 
 
 def describe_executor(res) -> str:

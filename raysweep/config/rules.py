@@ -82,15 +82,31 @@ def validate_search(sweep: Sweep, grid: Any) -> list[ConfigIssue]:
         if not search.objectives:
             issues.append(ConfigIssue("search.objectives", "empty: give metric: min|max pairs, or remove it"))
         for name in search.objectives:
-            if name not in known:
+            if name not in known and not is_task_metric(name):  # task/<task>/<metric>: named by the tasks
                 issues.append(ConfigIssue(f"search.objectives.{name}", (
                     f"not a metric trials report{suggest(name, known)}; e.g. eval/best_loss, "
                     "adapter/effective_params")))
+    if is_task_metric(search.metric):  # task/<task>/<metric>, gen/*: only reported with an evaluate section
+        if sweep.evaluate is None:
+            issues.append(ConfigIssue("search.metric", (
+                f"{search.metric!r} is a task metric, but the grid has no evaluate section: add evaluate.lm_eval / "
+                "evaluate.generation, or rank by eval/loss")))
+        elif search.scheduler != "fifo" and sweep.evaluate.when != "every_eval":
+            issues.append(ConfigIssue("search.metric", (
+                f"search.scheduler {search.scheduler!r} judges trials at every eval, but task metrics are computed "
+                f"only at the end (evaluate.when {sweep.evaluate.when!r}): set evaluate.when: every_eval, or "
+                "search.scheduler: fifo")))
     if "seed" in search.model_fields_set and search.algorithm == "grid":
         issues.append(ConfigIssue("search.seed", (
             "search.algorithm 'grid' draws nothing at random; remove search.seed (trial seeds are train.seed) "
             "or set search.algorithm: random or optuna")))
     return issues
+
+
+def is_task_metric(name: str) -> bool:
+    from raysweep.experiment import metrics
+
+    return metrics.is_task_metric(name)
 
 
 def metric_names() -> list[str]:
@@ -176,8 +192,30 @@ def deepspeed_config_problem(strategy: str, extra: dict[str, Any]) -> str | None
     return None
 
 
+# ---------------------------------------------------------------------------------------------
+# evaluate × data and resources (task metrics: trial/task_eval.py)
+
+
+def evaluate_problems(trial: TrialConfig) -> list[tuple[str, str]]:
+    """(key path, message) for task metrics a trial cannot compute."""
+    evaluate = trial.evaluate
+    if evaluate is None:
+        return []
+    found = []
+    # generation needs a prompt and a reference answer: only chat data (builtin is chat) has both
+    if evaluate.generation is not None and trial.data.task not in ("builtin", "chat"):
+        found.append(("evaluate.generation", f"generates the assistant's answer of chat examples, but data.task is "
+                      f"{trial.data.task!r} (no answers): remove evaluate.generation, or use data.task chat"))
+    # task metrics run on one worker over the whole model; ZeRO-3 holds only a shard of it there
+    if trial.resources.strategy == "deepspeed_zero3":
+        found.append(("evaluate", "task metrics evaluate the whole model in one process, which ZeRO-3 "
+                      "partitions over the workers: use resources.strategy ddp or deepspeed_zero2, or remove "
+                      "evaluate"))
+    return found
+
+
 def trial_problems(trial: TrialConfig, prefix: str = "") -> list[ConfigIssue]:
     """The cross-section rules of one validated trial, as issues under `prefix`."""
     found = quantization_problems(trial) + strategy_problems(
-        trial.resources.strategy, trial.adapter.type, trial.model.load_in_4bit)
+        trial.resources.strategy, trial.adapter.type, trial.model.load_in_4bit) + evaluate_problems(trial)
     return [ConfigIssue(f"{prefix}.{key}" if prefix else key, message) for key, message in found]

@@ -1,3 +1,4 @@
+# over 400 lines: every section of grid.yaml and its validation in one schema (the README reference mirrors it)
 """The schema of grid.yaml: one pydantic model per concern, the validation of one trial and of a whole sweep,
 and the key paths a grid axis may sweep.
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from raysweep import adapters
 from raysweep.config import rules
+from raysweep.config.evaluate import EvaluateConfig
 from raysweep.config.issues import ConfigIssue, pydantic_issues, suggest
 
 SECTIONS_IN_TRIAL = ("model", "data", "train", "adapter")  # what a grid axis may change
@@ -314,6 +316,10 @@ class TrialConfig(_Section):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=200))
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    # no `| None`, default None: misspelt keys under it are reported with the valid ones (config/evaluate.py)
+    evaluate: EvaluateConfig = Field(
+        None, description="task metrics of every trial (lm-eval tasks, generation) against the untuned base; "
+        "empty: none")
 
 
 class Sweep(TrialConfig):

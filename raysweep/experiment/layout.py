@@ -20,6 +20,9 @@ TRAIN_RUNS_DIR = "train_runs"  # Ray Train run dirs (train executor's checkpoint
 TRAIN_RUN_PREFIX = "train-"
 MASKS_DIR = "masks"  # under the storage root, not an experiment: masks shared by every sweep on that storage
 TOKENIZED_DIR = "tokenized"  # under the storage root too: tokenized datasets shared by every trial and sweep there
+BASELINES_DIR = "baselines"  # under the storage root too: the untuned base's task metrics, one folder per key
+BASELINE_FILE = "baseline.json"  # in a baselines/<key>/ folder: one base's metrics; at the top of an experiment:
+#                                  every base of the sweep ({"baselines": [...]}), the row analyze compares with
 
 # ---- the trackers' local stores (tracking: in grid.yaml; sweep/trackers.py)
 MLFLOW_DB = "mlflow.db"  # MLflow's sqlite store when tracking.mlflow.tracking_uri is empty (MLflow 3 refuses file stores)
@@ -44,6 +47,7 @@ METRICS = "metrics.json"  # the metrics reported with this checkpoint
 DEEPSPEED_DIR = "deepspeed"  # DeepSpeed's own checkpoint (optimizer shards), ZeRO strategies only
 PEFT_CONFIG = "adapter_config.json"  # peft's names inside an adapter directory
 PEFT_WEIGHTS = "adapter_model.safetensors"
+TASK_METRICS_FILE = "task_metrics.json"  # `raysweep eval`: task metrics of this checkpoint (analyze reads them)
 EXPORT_INFO = "export.json"  # `raysweep export`: what was exported from where, and the check
 
 # ---- per-family reports inside checkpoints (written by the family, read by analysis)
@@ -114,3 +118,23 @@ def _train_run_checkpoint(trial_dir: Path) -> list[Path]:
         if latest:
             return latest[-1:]
     return []
+
+
+def read_baselines(experiment: Path) -> list[dict[str, Any]]:
+    """The untuned bases' task-metric records of an experiment (each {"key", "model", "metrics", ...}), [] if none."""
+    path = Path(experiment) / BASELINE_FILE
+    try:
+        return list(json.loads(path.read_text()).get("baselines", [])) if path.is_file() else []
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return []
+
+
+def merge_baselines(experiment: Path, records: list[dict[str, Any]]) -> Path:
+    """Add (or replace, by "key") baseline records in the experiment's baseline file; written whole, then renamed."""
+    merged = {r.get("key"): r for r in read_baselines(experiment)}
+    merged |= {r.get("key"): r for r in records}
+    path = Path(experiment) / BASELINE_FILE
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"baselines": list(merged.values())}, indent=2, default=str))
+    partial.replace(path)
+    return path

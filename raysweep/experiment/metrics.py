@@ -27,6 +27,7 @@ SYS_BASE_CACHED = "sys/base_cached"  # the base came from this process's cache (
 SYS_PID = "sys/pid"  # process running the training loop (rank 0)
 SYS_TIME = "sys/time"  # unix time of this report (wall-clock curves, start-up/shutdown benchmarks)
 SYS_NODE_ID = "sys/node_id"  # Ray node that ran the training loop (rank 0): where trials ran on a cluster
+SYS_PACK = "sys/pack"  # packed trials: the pack worker this trial trained in (members of one pack share it)
 # the trial's own timing, cumulative since run_training started (a resumed trial counts from its resume);
 # `plan --calibrate` reads the single calls' durations back from consecutive reports (offline/estimate)
 SYS_DATA_S = "sys/data_s"  # data set-up: tokenization, or the splits this process cached before
@@ -93,12 +94,37 @@ BOUND_SEQ_SAMPLED = bound_key("sequence", "sampled")
 BOUND_DEFAULT_TOP_K = (1, 5)  # top-k error bounds reported by default (adapter.bound_top_k)
 BOUND_TOPK_METRICS = tuple(bound_topk_key(level, k, emp) for level in BOUND_LEVELS for k in BOUND_DEFAULT_TOP_K
                            for emp in (False, True))
+# task metrics (evaluate: in grid.yaml; trial/task_eval.py): lm-evaluation-harness tasks and greedy generation
+TASK_PREFIX = "task/"  # task/<task>/<metric>, e.g. task/boolq/acc (names come from lm-eval: see task_key)
+GEN_PREFIX = "gen/"
+GEN_EXACT_MATCH = "gen/exact_match"  # greedy generation of the assistant turn vs the reference, SQuAD-normalised
+GEN_F1 = "gen/f1"  # token F1 of the same, SQuAD-style
+TASK_ERRORS = "task/errors"  # one line per task that could not be evaluated ("boolq: ConnectionError: ...")
+TASK_STEP = "task/step"  # the step the task metrics were measured at (when: best: the best eval's step)
+TASK_BASELINE_FILE = "task/baseline_file"  # where the trial found the untuned base's metrics (copied by the driver)
+TASK_BASELINE_ERRORS = "task/baseline_errors"  # why the untuned base has no (complete) metrics, one line
+SYS_TASK_EVAL_S = "sys/task_eval_s"  # seconds in task-metric evaluations (lm-eval + generation)
+SYS_BASELINE_S = "sys/baseline_s"  # seconds this trial spent evaluating the untuned base (0: read it)
+BASELINE_DELTA_SUFFIX = " Δbase"  # analyze: column of a metric's difference to the baseline
+
+
+def task_key(task: str, metric: str, filter_name: str = "none") -> str:
+    """`task/<task>/<metric>` (lm-eval's filter appended when it is not the default `none`)."""
+    return f"{TASK_PREFIX}{task}/{metric}" + ("" if filter_name in ("none", "") else f"_{filter_name}")
+
+
+def is_task_metric(name: str) -> bool:
+    """A task or generation metric (numbers only: not task/errors, task/step or task/baseline_file)."""
+    return (name.startswith(TASK_PREFIX) or name.startswith(GEN_PREFIX)) and name not in (
+        TASK_ERRORS, TASK_STEP, TASK_BASELINE_FILE, TASK_BASELINE_ERRORS)
+
+
 CHECKPOINT_PATH = "checkpoint_path"  # added by Ray's TuneReportCallback when a checkpoint is reported
 
 ALL_METRICS = (
     TRAIN_LOSS, TRAIN_LR, TRAIN_TOKENS_PER_S, TRAIN_STEP, TRAIN_EPOCH, TRAIN_TOKENS, TRAIN_EARLY_STOPPED,
     EVAL_LOSS, EVAL_PPL, EVAL_ACCURACY, EVAL_BEST_LOSS, EVAL_INITIAL_LOSS, EVAL_STEP, SYS_MEM_MB, SYS_SETUP_S,
-    SYS_STARTED_AT, SYS_MODEL_LOAD_S, SYS_BASE_CACHED, SYS_PID, SYS_TIME, SYS_NODE_ID,
+    SYS_STARTED_AT, SYS_MODEL_LOAD_S, SYS_BASE_CACHED, SYS_PID, SYS_TIME, SYS_NODE_ID, SYS_PACK,
     ADAPTER_TRAINABLE_PARAMS, ADAPTER_EFFECTIVE_PARAMS, ADAPTER_TOTAL_PARAMS, ADAPTER_SPARSITY,
     ADAPTER_NEAR_ZERO_GATES, ADAPTER_LIVE_RANKS, ADAPTER_STAGE, ADAPTER_LAMBDA,
     MASK_TARGET_SPARSITY, MASK_ACHIEVED_SPARSITY, MASK_VIOLATIONS,
@@ -109,4 +135,5 @@ ALL_METRICS = (
     BOUND_SEQ_BPD_UNQUANTIZED, BOUND_SEQ_ALPHA, BOUND_SEQ_VACUOUS, BOUND_SEQ_UNITS, BOUND_SEQ_SAMPLED,
     *BOUND_TOPK_METRICS,
     SYS_DATA_S, SYS_DATA_TOKENIZED, SYS_EVAL_S, SYS_EVALS, SYS_CHECKPOINT_S, SYS_CHECKPOINTS, SYS_END_S, TRAIN_EXAMPLES,
+    GEN_EXACT_MATCH, GEN_F1, TASK_ERRORS, TASK_STEP, TASK_BASELINE_ERRORS, SYS_TASK_EVAL_S, SYS_BASELINE_S,
 )

@@ -24,33 +24,10 @@ from typing import Any
 
 from raysweep.config import Sweep, Trial, trial_config
 from raysweep.experiment.layout import TRAIN_RUN_PREFIX, TRAIN_RUNS_DIR
-from raysweep.sweep import trackers
+from raysweep.sweep import packs, trackers
+from raysweep.sweep.failures import TrialFailed, _reason
 from raysweep.sweep.param_space import param_space
 from raysweep.sweep.schedulers import build_scheduler, build_search_alg
-
-
-class TrialFailed(RuntimeError):
-    """The one-line reason a trial failed (the full traceback stays in the trial's error.txt)."""
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    seen = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        inner = getattr(exc, "cause", None) or exc.__cause__
-        if inner is None:
-            errors = getattr(exc, "worker_failures", None) or {}
-            inner = next(iter(errors.values()), None) if isinstance(errors, dict) else None
-        if inner is None:
-            break
-        exc = inner
-    return exc
-
-
-def _reason(exc: BaseException) -> str:
-    cause = _root_cause(exc)
-    text = str(cause).strip()
-    return f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}"
 
 
 def executor(sweep: Sweep) -> str:
@@ -116,6 +93,13 @@ def driver_fn(cell_config: dict[str, Any], sweep_raw: dict[str, Any], train_stor
         trainer.fit()
     except Exception as exc:  # noqa: BLE001 - re-raised with the root cause as a one-line reason
         raise TrialFailed(_reason(exc)) from exc
+
+
+def warm_imports(sweep: Sweep) -> bool:
+    """Whether every trial process should import the training stack as it starts (sweep/warmup.py): for the
+    actor executor, unless the sweep packs — then most of its processes are relays that never train, and
+    importing torch in each of them cost a packed quickstart ~30 s of its 2 CPUs (benchmarks/RESULTS.md (n))."""
+    return executor(sweep) == "actor" and packs.packing(sweep).size == 1
 
 
 def slots(sweep: Sweep) -> int:
@@ -206,11 +190,13 @@ def shutdown_ray() -> None:
     ray.shutdown()
 
 
-def build_trainable(sweep: Sweep, sweep_raw: dict[str, Any], experiment_path: str):
+def build_trainable(sweep: Sweep, sweep_raw: dict[str, Any], experiment_path: str, registry: str | None = None):
     """Tune's trainable for this sweep; `sweep_raw` (the grid dict `sweep` was validated from) goes to every
-    trial, which resolves its cell's config from it."""
+    trial, which resolves its cell's config from it. With a pack registry: the packed trials' relay."""
     from ray import tune
 
+    if registry is not None:
+        return packs.relay_trainable(sweep_raw, registry, shared_store(sweep_raw))
     if executor(sweep) == "actor":
         res = sweep.resources
         request = {"cpu": res.cpus_per_worker} | ({"gpu": res.gpus_per_worker} if res.gpus_per_worker else {})
@@ -247,14 +233,20 @@ def run(sweep: Sweep, sweep_raw: dict[str, Any], trials: list[Trial], storage: s
     """Run the sweep's trials (`sweep` validated from `sweep_raw`, which goes to the trials)."""
     from ray import tune
 
+    # live_report imports Ray Tune: not at module level (the launch path stays light)
+    from raysweep.sweep import live_report
+
     problem = setup_problem(sweep, _dashboard)
     if problem:
         raise SetupError(problem)
     experiment_path = os.path.join(storage, name)
     search, res = sweep.search, sweep.resources
     in_actor = executor(sweep) == "actor"
+    registry = start_packs(sweep, name, max_concurrent)
+    if registry is not None:  # every slot holds a pack worker with up to `pack` members
+        max_concurrent *= packs.packing(sweep).size
     tuner = tune.Tuner(
-        build_trainable(sweep, sweep_raw, experiment_path),
+        build_trainable(sweep, sweep_raw, experiment_path, registry),
         param_space=param_space(trials, search.algorithm),
         tune_config=tune.TuneConfig(
             num_samples=search.num_samples,
@@ -267,7 +259,9 @@ def run(sweep: Sweep, sweep_raw: dict[str, Any], trials: list[Trial], storage: s
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0,
-            callbacks=_with_loggers([*callbacks, *trackers.callbacks(sweep.tracking, experiment_path)], tensorboard),
+            # the live report after the progress callback, which writes the trials.csv it reads
+            callbacks=_with_loggers([*callbacks, *trackers.callbacks(sweep.tracking, experiment_path),
+                                     *live_report.callbacks(experiment_path)], tensorboard),
             # retries: Ray Train's FailureConfig inside the TorchTrainer (train), Tune's here (actor);
             # both restart the trial from its latest checkpoint
             failure_config=tune.FailureConfig(max_failures=res.max_failures if in_actor else 0),
@@ -279,18 +273,36 @@ def run(sweep: Sweep, sweep_raw: dict[str, Any], trials: list[Trial], storage: s
     return tuner.fit()
 
 
+_registry_handle = None  # the pack registry actor lives as long as this driver's sweep
+
+
+def start_packs(sweep: Sweep, name: str, slots_at_once: int) -> str | None:
+    """Start the sweep's pack registry when it packs (sweep/packs.py); its actor name, or None."""
+    global _registry_handle
+    decision = packs.packing(sweep)
+    if decision.size == 1:
+        return None
+    registry = packs.registry_name(name)
+    _registry_handle = packs.start_registry(registry, slots_at_once, decision.size, sweep)
+    return registry
+
+
 def resume(experiment_path: str, sweep: Sweep, sweep_raw: dict[str, Any], callbacks: list,
            retry_errored: bool = False, tensorboard: bool = False):
     """Continue an experiment: unfinished trials (and failed ones with `retry_errored`) go on from their
     latest checkpoint; finished ones are not started again."""
     from ray import tune
 
+    from raysweep.sweep import live_report
+
     problem = setup_problem(sweep, _dashboard)
     if problem:
         raise SetupError(problem)
+    # the same pack registry (by the experiment's name) as `run` started: the restored trainable names it
+    registry = start_packs(sweep, Path(experiment_path).name, slots(sweep))
     tuner = tune.Tuner.restore(
         experiment_path,
-        trainable=build_trainable(sweep, sweep_raw, experiment_path),
+        trainable=build_trainable(sweep, sweep_raw, experiment_path, registry),
         resume_unfinished=True,
         # a failed trial is retried as itself (Tune's restart_errored would make it a new trial with a new
         # id and directory, leaving the failed one behind as a second, never-finished trial of the same
@@ -300,7 +312,8 @@ def resume(experiment_path: str, sweep: Sweep, sweep_raw: dict[str, Any], callba
     )
     # Tuner.restore keeps the RunConfig of the original run, whose callbacks are not restored
     tuner._local_tuner.get_run_config().callbacks = _with_loggers(  # noqa: SLF001 - no public setter in Ray 2.60
-        [*callbacks, *trackers.callbacks(sweep.tracking, experiment_path)], tensorboard)
+        [*callbacks, *trackers.callbacks(sweep.tracking, experiment_path), *live_report.callbacks(experiment_path)],
+        tensorboard)
     return tuner.fit()
 
 

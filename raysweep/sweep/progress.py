@@ -1,8 +1,10 @@
+# over 400 lines: the live table, trials.csv and the summary share one record per trial, read in one place
 """Live trial table while a sweep runs, the trials.csv record, and the end-of-sweep summary."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import time
@@ -16,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from raysweep.experiment import metrics as M
-from raysweep.experiment.layout import ERROR_FILE, SWEEP_FILE, TRIALS_FILE
+from raysweep.experiment.layout import ERROR_FILE, SWEEP_FILE, TRIALS_FILE, merge_baselines
 from raysweep.experiment.outcome import stopped_early
 
 NO_ERROR_FILE = f"failed (see the trial's {ERROR_FILE})"
@@ -214,8 +216,10 @@ class ProgressCallback(Callback):
         options = [c for c in family if c[1] == "option"]
         metrics = [c for c in family if c[1] == "metric"]
         axes = _other_axes(self.records.values())
+        tasks = _task_keys(self.records.values())[:TASK_COLUMNS]  # once the first task metrics arrive
         columns = ["trial", "status", "adapter", "rank", "seed"] + [k.split(".")[-1] for k in axes] + [
-            c[0] for c in options] + ["step", "loss", "eval loss", "acc", "tok/s", "setup s"] + [c[0] for c in metrics]
+            c[0] for c in options] + ["step", "loss", "eval loss", "acc", "tok/s", "setup s"] + [c[0] for c in metrics] + [
+            k.removeprefix(M.TASK_PREFIX) for k in tasks]
         for col in columns:
             table.add_column(col, justify="right" if col not in ("trial", "status", "adapter") else "left")
         for rec in self.records.values():
@@ -229,6 +233,7 @@ class ProgressCallback(Callback):
                     _fmt(last.get(M.EVAL_ACCURACY), 3), _fmt(last.get(M.TRAIN_TOKENS_PER_S), 3),
                     _fmt(last.get(M.SYS_SETUP_S), 2)]  # model + data + optimizer: a trial's start-up
             row += [_fmt(last.get(key), 3) for _, _, key in metrics]
+            row += [_fmt(last.get(key), 3) for key in tasks]
             table.add_row(*row)
         return table
 
@@ -267,7 +272,8 @@ class ProgressCallback(Callback):
 
     def write_csv(self) -> Path:
         path = Path(self.experiment_path) / TRIALS_FILE
-        metric_keys = list(M.ALL_METRICS)
+        # task metrics are named by the tasks (task/<task>/<metric>): every one any trial reported
+        metric_keys = list(M.ALL_METRICS) + [k for k in _task_keys(self.records.values()) if k not in M.ALL_METRICS]
         cell_keys = sorted({k for r in self.records.values() for k in r.cell})
         path.parent.mkdir(parents=True, exist_ok=True)
         # written whole, then renamed: a driver killed mid-write leaves the previous complete file
@@ -283,7 +289,29 @@ class ProgressCallback(Callback):
                             *[r.last.get(k, "") for k in metric_keys], checkpoint_of(r),
                             r.error, r.path, r.launched_at or "", r.ended_at or ""])
         os.replace(partial, path)
+        self.write_baselines()
         return path
+
+    def write_baselines(self) -> None:
+        """The untuned bases' task metrics the trials computed (or found) in the storage's shared baselines,
+        copied into the experiment's baseline file: the experiment keeps them if the storage's copy goes."""
+        files = {str(r.last[M.TASK_BASELINE_FILE]) for r in self.records.values() if r.last.get(M.TASK_BASELINE_FILE)}
+        records = []
+        for file in sorted(files):
+            try:
+                records.append(json.loads(Path(file).read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue  # e.g. storage not mounted here: the trials' own numbers are all in trials.csv
+        if records:
+            merge_baselines(Path(self.experiment_path), records)
+
+
+def _task_keys(records) -> list[str]:
+    """The task and generation metrics (task/<task>/<metric>, gen/...) the trials reported, sorted."""
+    return sorted({k for r in records for k in r.last if M.is_task_metric(k)})
+
+
+TASK_COLUMNS = 4  # task-metric columns at most in the live table (all are in trials.csv)
 
 
 def _duration(seconds: float) -> str:
@@ -397,6 +425,10 @@ def print_summary(console: Console, records: dict[str, TrialRecord], experiment_
                   + f"{len(failed)} failed, {len(unfinished)} unfinished")
     for r in failed:
         console.print(Text(f"  ERROR {r.trial_id} ({describe(r)}): {r.error}", style="red"))
+    for r in records.values():  # finished, every training result kept, but some task could not be evaluated
+        if r.last.get(M.TASK_ERRORS):
+            console.print(Text(f"  task metrics missing for {r.trial_id} ({describe(r)}): {r.last[M.TASK_ERRORS]}",
+                               style="yellow"))
     console.print(f"experiment: {experiment_path}")
     console.print(f"trial table: {Path(experiment_path) / TRIALS_FILE}")
     console.print(f"resume:  python -m raysweep resume {experiment_path}")

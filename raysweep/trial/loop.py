@@ -1,3 +1,4 @@
+# over 400 lines: one trial's loop read top to bottom (nanoGPT style); its setup_* helpers live beside it
 """The training loop of one trial, readable top to bottom.
 
 `train_fn_per_worker(config)` is what Ray Train runs on every worker; it hands a `TrainSession` to
@@ -227,6 +228,33 @@ def eval_metrics(sums, task: str) -> dict[str, float]:
     return out
 
 
+# ------------------------------------------------------------------------------------------ task metrics
+
+
+def task_metrics(model, tokenizer, config: dict[str, Any], eval_set, device=None) -> dict[str, Any]:
+    """The task metrics `config["evaluate"]` asks for, of `model` as it is (trial/task_eval.py; lm-eval is
+    imported only when a trial has an evaluate section)."""
+    from raysweep.trial import task_eval
+
+    return task_eval.task_metrics(model, tokenizer, config, eval_set, device)
+
+
+def baseline_metrics(model, tokenizer, config: dict[str, Any], eval_set, store: Path, device) -> dict[str, Any]:
+    """Make sure the untuned base's task metrics exist (computed once per key, trial/task_baseline.py); the
+    trial reports where they are (the driver copies them into the experiment) and what failed in them or
+    why there are none (task/baseline_errors)."""
+    from raysweep.trial import task_baseline
+
+    try:
+        found, path, _ = task_baseline.base_metrics(model, tokenizer, config, eval_set, store, device)
+    except Exception as exc:  # noqa: BLE001 - e.g. an adapter that cannot be switched off: no baseline
+        return {M.TASK_BASELINE_ERRORS: f"baseline: {type(exc).__name__}: {str(exc).strip()[:300]}"}
+    out = {M.TASK_BASELINE_FILE: str(path)}
+    if M.TASK_ERRORS in found:
+        out[M.TASK_BASELINE_ERRORS] = f"baseline: {found[M.TASK_ERRORS]}"
+    return out
+
+
 # ------------------------------------------------------------------------------------------ loop
 
 
@@ -249,6 +277,13 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
     load_metrics |= {M.TRAIN_EXAMPLES: len(train_set), M.SYS_DATA_TOKENIZED: tokenized_here}
     pad_id = tokenizer.pad_token_id
     context = setup_context(config, session, train_set, eval_set, pad_id)
+    evaluate_cfg = config.get("evaluate") or {}
+    if evaluate_cfg:  # task metrics (trial/task_eval.py): their time is reported apart from the eval split's
+        timing |= {M.SYS_TASK_EVAL_S: 0.0, M.SYS_BASELINE_S: 0.0}
+    if evaluate_cfg.get("baseline") and session.world_rank == 0:
+        # before `prepare`: a masked adapter prunes the base there, and the baseline is the untuned base
+        with timed(timing, M.SYS_BASELINE_S):
+            load_metrics |= baseline_metrics(model, tokenizer, config, eval_set, context.store, session.device())
     load_metrics |= adapter.prepare(model, context)  # e.g. prune the base: before DDP sees the model
     steps = total_steps(t, len(train_set), session.world_size)
     optimizer, scheduler = setup_optimizer(config, model, adapter, steps)
@@ -285,12 +320,13 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
         M.SYS_SETUP_S: time.perf_counter() - t_setup, M.SYS_STARTED_AT: started_at, M.SYS_PID: os.getpid(),
         M.SYS_NODE_ID: session.node_id()}
     last_eval: dict[str, float] = {}
+    last_tasks: dict[str, Any] = {}  # the latest task metrics (evaluate:), repeated in every later report
 
     last_report_time = [time.monotonic()]
 
     def report(extra: dict[str, Any], with_checkpoint: bool, files: dict[str, Any] | None = None) -> None:
         last_report_time[0] = time.monotonic()
-        row = static | last_eval | extra | {
+        row = static | last_eval | last_tasks | extra | {
             M.TRAIN_STEP: state["step"], M.TRAIN_TOKENS: state["tokens"], M.SYS_MEM_MB: memory_mb(),
             M.EVAL_BEST_LOSS: state["best_loss"], M.EVAL_INITIAL_LOSS: state["initial_loss"],
             M.TRAIN_EARLY_STOPPED: state["early_stopped"], M.SYS_TIME: time.time(),
@@ -333,6 +369,23 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
                 best_adapter_state = adapter.state_dict(model)
         else:
             state["bad_evals"] += 1
+
+    def run_task_eval(best: bool = False) -> None:
+        """Task metrics of the weights now in the model (rank 0 only; `best`: of the best eval's weights)."""
+        if session.world_rank != 0:
+            return
+        swapped = best and best_adapter_state is not None and state["best_step"] != state["step"]
+        with timed(timing, M.SYS_TASK_EVAL_S):
+            if swapped:  # evaluate the best eval's adapter, then put the final one back
+                current = adapter.state_dict(model)
+                adapter.load_state_dict(model, best_adapter_state)
+            try:
+                found = task_metrics(model, tokenizer, config, eval_set, device)
+            finally:
+                if swapped:
+                    adapter.load_state_dict(model, current)
+        last_tasks.clear()
+        last_tasks.update(found | {M.TASK_STEP: state["best_step"] if swapped else state["step"]})
 
     def log_layers(overall: float) -> None:
         if log_name:
@@ -389,6 +442,9 @@ def run_training(config: dict[str, Any], session: Session) -> dict[str, Any]:
             patience = t["early_stopping"]["patience"]
             state["early_stopped"] = bool(patience) and state["bad_evals"] >= patience and not is_last
         done = is_last or state["early_stopped"]  # both only happen on eval steps
+        if evaluate_cfg and ((is_eval and evaluate_cfg.get("when") == "every_eval") or done):
+            # before on_train_end: the model as trained (an adapter's end-of-training work may change it)
+            run_task_eval(best=done and evaluate_cfg.get("when") == "best")
         wants_checkpoint = done or state["step"] % ckpt_every == 0
         # Ray Train holds one pending report per worker and its controller drains it every ~2 s, so
         # back-to-back reports stall the loop: log-only reports wait for MIN_REPORT_INTERVAL_S.

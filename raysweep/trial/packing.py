@@ -69,16 +69,22 @@ class Member:
 class PackedLinear(nn.Module):
     """A base linear layer computed once for the whole pack, plus each member's update on its own rows."""
 
-    def __init__(self, base: nn.Module, members: list[tuple[Member, nn.Module] | None]):
+    def __init__(self, base: nn.Module):
         super().__init__()
         self.base = base
         # plain lists, not registered submodules: the members own their layers (and their parameters)
+        self.members: list[tuple[Member, nn.Module] | None] = []
+        self.shared: list[SharedBase | None] = []
+        self.slices: Slices = []
+
+    def set_members(self, members: list[tuple[Member, nn.Module] | None]) -> None:
+        """The pack's members now (members join and leave between steps); None: that member does not adapt
+        this layer. Each member layer's `base_layer` becomes a SharedBase fed by this layer."""
         self.members = members
-        self.shared = [SharedBase(base) if m is not None else None for m in members]
+        self.shared = [SharedBase(self.base) if m is not None else None for m in members]
         for m, shared in zip(members, self.shared, strict=True):
             if m is not None:
                 m[1].base_layer = shared
-        self.slices: Slices = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -128,21 +134,39 @@ class Pack(nn.Module):
     def __init__(self, runner: nn.Module, members: list[Member]):
         super().__init__()
         self.runner = runner
-        self.members = members
-        self.packed: list[PackedLinear] = []
-        names = list(dict.fromkeys(n for m in members for n in _lora_layers(m.model)))
-        for m in members:
-            m.layers = _lora_layers(m.model)
-        for name in names:
-            parent_name, _, attr = name.rpartition(".")
-            parent = runner.get_submodule(parent_name) if parent_name else runner
-            layer = PackedLinear(getattr(parent, attr),
-                                 [(m, m.layers[name]) if name in m.layers else None for m in members])
-            setattr(parent, attr, layer)
-            self.packed.append(layer)
+        self.members: list[Member] = []
+        self.packed: dict[str, PackedLinear] = {}  # base-model module name -> its packed layer in the runner
+        self.set_members(members)
+
+    def set_members(self, members: list[Member]) -> None:
+        """Members join and leave between steps: member k owns rows `slices[k]` of every batch after this."""
+        self.members = list(members)
+        for m in self.members:
+            m.layers = m.layers or _lora_layers(m.model)
+        for name in dict.fromkeys(n for m in self.members for n in m.layers):
+            if name not in self.packed:  # the first member adapting this layer: the runner's layer becomes packed
+                parent_name, _, attr = name.rpartition(".")
+                parent = self.runner.get_submodule(parent_name) if parent_name else self.runner
+                self.packed[name] = PackedLinear(getattr(parent, attr))
+                setattr(parent, attr, self.packed[name])
+        for name, layer in self.packed.items():
+            layer.set_members([(m, m.layers[name]) if name in m.layers else None for m in self.members])
+
+    @contextlib.contextmanager
+    def alone(self, member: Member) -> Iterator[None]:
+        """Run the member's own model outside the pack (task metrics, generation): its layers get their real
+        base layers back for the block."""
+        shared = {name: layer.base_layer for name, layer in member.layers.items()}
+        for name, layer in member.layers.items():
+            layer.base_layer = self.packed[name].base
+        try:
+            yield
+        finally:
+            for name, layer in member.layers.items():
+                layer.base_layer = shared[name]
 
     def forward(self, batch: dict[str, torch.Tensor], slices: Slices) -> torch.Tensor:
-        for layer in self.packed:
+        for layer in self.packed.values():
             layer.slices = slices
         return self.runner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 

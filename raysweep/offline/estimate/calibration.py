@@ -49,9 +49,12 @@ class Calibration:
     calibrated_at: float  # unix time
     seconds: float  # how long the calibration took
     hardware: dict[str, Any] = field(default_factory=dict)
+    task_eval_s: float = 0.0  # one evaluation of the task metrics (evaluate:), not in fixed_s
+    baseline_s: float = 0.0  # the untuned base's task metrics (once per sweep and base), not in fixed_s
 
-    def warm_trial_s(self, steps: int, evals: int, checkpoints: int) -> float:
-        return self.fixed_s + steps * self.step_s + evals * self.eval_s + checkpoints * self.ckpt_s
+    def warm_trial_s(self, steps: int, evals: int, checkpoints: int, task_evals: int = 0) -> float:
+        return (self.fixed_s + steps * self.step_s + evals * self.eval_s + checkpoints * self.ckpt_s
+                + task_evals * self.task_eval_s)
 
 
 # ---------------------------------------------------------------------------------------- cache
@@ -184,6 +187,8 @@ class _Run:
     end_s: float  # adapter.on_train_end
     train_examples: int
     first: dict[str, Any]  # its first report
+    task_s: float = 0.0  # task metrics (evaluate:), every evaluation of them
+    baseline_s: float = 0.0  # the untuned base's task metrics (computed by this run, else read: ~0)
 
     @classmethod
     def of(cls, wall: float, session: _CalibrationSession) -> _Run:
@@ -191,7 +196,8 @@ class _Run:
         return cls(wall=wall, evals=_per_call(reports, M.SYS_EVAL_S, M.SYS_EVALS),
                    writes=_per_call(reports, M.SYS_CHECKPOINT_S, M.SYS_CHECKPOINTS), copies=session.copy_s,
                    data_s=reports[0][M.SYS_DATA_S], end_s=reports[-1][M.SYS_END_S],
-                   train_examples=int(reports[0][M.TRAIN_EXAMPLES]), first=reports[0])
+                   train_examples=int(reports[0][M.TRAIN_EXAMPLES]), first=reports[0],
+                   task_s=reports[-1].get(M.SYS_TASK_EVAL_S, 0.0), baseline_s=reports[-1].get(M.SYS_BASELINE_S, 0.0))
 
     @property
     def ckpts(self) -> list[float]:
@@ -199,15 +205,17 @@ class _Run:
         return [w + c for w, c in zip(self.writes, self.copies, strict=False)]
 
     def untimed(self) -> float:
-        """Wall time without its evals and checkpoints."""
-        return self.wall - sum(self.evals) - sum(self.writes) - sum(self.copies)
+        """Wall time without its evals, checkpoints and task metrics."""
+        return self.wall - sum(self.evals) - sum(self.writes) - sum(self.copies) - self.task_s - self.baseline_s
 
 
-def _run(trial: dict[str, Any], steps: int, eval_every: int, store: Path) -> _Run:
-    """One shortened run of `trial` in this process."""
+def _run(trial: dict[str, Any], steps: int, eval_every: int, store: Path, tasks: bool = False) -> _Run:
+    """One shortened run of `trial` in this process; with `tasks`, its task metrics (evaluate:) too."""
     from raysweep.trial.loop import run_training
 
     cfg = json.loads(json.dumps(trial))
+    if not tasks:
+        cfg["evaluate"] = None
     cfg["train"] |= {"max_steps": steps, "epochs": None, "eval_every": eval_every, "checkpoint_every": None,
                      "early_stopping": {"patience": None, "min_rel_improvement": 0.0}}
     cfg["_store"] = str(store)
@@ -260,11 +268,13 @@ def calibrate(trial: dict[str, Any], target_s: float = 2.0, log: Callable[[str],
     say(f"calibrating {short_name(shape)}")
     try:
         with tempfile.TemporaryDirectory() as store:
+            # run 0 also measures the task metrics, once (runs 1 and 2 leave them out): the baseline first (it
+            # pays lm-eval's import, as the first trial of a sweep does), then one evaluation at its end
             if cold_key not in shared:
                 model_cache.clear()
-                cold = _run(trial, n1, n1, Path(store))  # run 0: cold base and data
+                cold = run0 = _run(trial, n1, n1, Path(store), tasks=True)  # run 0: cold base and data
             else:
-                _run(trial, n1, n1, Path(store))  # run 0: warm-up (caches this trial's base and data)
+                run0 = _run(trial, n1, n1, Path(store), tasks=True)  # run 0: warm-up (caches base and data)
             run1 = _run(trial, n1, n1, Path(store))
             if cold_key not in shared:
                 shared[cold_key] = (max(0.0, cold.first[M.SYS_MODEL_LOAD_S] - run1.first[M.SYS_MODEL_LOAD_S]),
@@ -282,14 +292,17 @@ def calibrate(trial: dict[str, Any], target_s: float = 2.0, log: Callable[[str],
     ckpts = run1.ckpts + run2.ckpts
     ckpt_s = statistics.median(ckpts) if ckpts else 0.0
     fixed_s = max(0.0, run1.wall - n1 * step_s - len(run1.evals) * eval_s - len(run1.writes) * ckpt_s)
+    task_eval_s = run0.task_s
     model_load_s, data_s = shared[cold_key]
     say(f"  {step_s * 1000:.1f} ms/step ({n2} steps), eval {eval_s:.2f} s, checkpoint {ckpt_s:.2f} s, "
-        f"fresh process {torch_s + import_s + model_load_s + data_s:.1f} s")
+        f"fresh process {torch_s + import_s + model_load_s + data_s:.1f} s"
+        + (f", task metrics {task_eval_s:.1f} s (baseline {run0.baseline_s:.1f} s)" if trial.get("evaluate") else ""))
     return Calibration(
         shape=shape, device=device_for(json.loads(shape), hw), threads=max(1, int(trial["resources"]["cpus_per_worker"])),
         step_s=step_s, eval_s=eval_s, ckpt_s=ckpt_s, fixed_s=fixed_s, end_s=run2.end_s, torch_import_s=torch_s,
         import_s=import_s, model_load_s=model_load_s, data_s=data_s, train_examples=run1.train_examples,
-        calibrated_at=time.time(), seconds=time.perf_counter() - started, hardware=dict(hw))
+        calibrated_at=time.time(), seconds=time.perf_counter() - started, hardware=dict(hw),
+        task_eval_s=task_eval_s, baseline_s=run0.baseline_s)
 
 
 def calibrate_all(trials: list[dict[str, Any]], log: Callable[[str], None] | None = None,

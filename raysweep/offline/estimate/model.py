@@ -76,6 +76,14 @@ class Estimate:
         return out
 
 
+def task_evaluations(trial: dict[str, Any], evals: int) -> int:
+    """How many times a trial computes its task metrics: every eval after step 0 (when: every_eval), else once."""
+    evaluate = trial.get("evaluate") or {}
+    if not evaluate:
+        return 0
+    return max(1, evals - 1) if evaluate.get("when") == "every_eval" else 1
+
+
 def trial_counts(train: dict[str, Any], train_examples: int, world_size: int = 1) -> tuple[int, int, int]:
     """(optimizer steps, evals, checkpoints) of a trial that runs to its end (trial/loop.py run_training)."""
     if train.get("max_steps"):
@@ -131,10 +139,15 @@ def estimate(trials: list[dict[str, Any]], calibrations: dict[str, Calibration],
     on_gpu = any(t["resources"]["gpus_per_worker"] for t in trials)
     contention = CONTENTION if slots > 1 and not on_gpu else 1.0
     jobs = []
+    baselines: set[str] = set()  # the untuned base is evaluated once per sweep and base (trial/task_baseline.py)
     for trial in trials:
         cal = calibrations[shape_key(trial)]
         steps, evals, ckpts = trial_counts(trial["train"], cal.train_examples, trial["resources"]["num_workers"])
-        work = cal.warm_trial_s(steps, evals, ckpts) * contention
+        work = cal.warm_trial_s(steps, evals, ckpts, task_evaluations(trial, evals)) * contention
+        evaluate = trial.get("evaluate") or {}
+        if evaluate.get("baseline") and (key := json.dumps([trial["model"], evaluate], sort_keys=True)) not in baselines:
+            baselines.add(key)
+            work += cal.baseline_s * contention
         model_key = json.dumps(trial["model"], sort_keys=True)
         data_key = json.dumps([trial["model"], trial["data"], trial["train"]["seed"]], sort_keys=True)
         fresh = (cal.torch_import_s + cal.import_s + cal.model_load_s + cal.data_s) * contention

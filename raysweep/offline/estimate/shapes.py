@@ -32,6 +32,8 @@ def shape_key(trial: dict[str, Any]) -> str:
         "train": {k: train.get(k) for k in TRAIN_SHAPE_KEYS} | {"clip": bool(train.get("max_grad_norm"))},
         "resources": {k: res[k] for k in ("num_workers", "cpus_per_worker", "gpus_per_worker")},
     }
+    if trial.get("evaluate"):  # task metrics cost an evaluation each (only then: other shapes keep their keys)
+        shape["evaluate"] = {k: v for k, v in trial["evaluate"].items() if k != "when"}
     return json.dumps(shape, sort_keys=True, default=str)
 
 
