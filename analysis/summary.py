@@ -23,9 +23,11 @@ SUMMARY_METRICS = [M.EVAL_LOSS, M.EVAL_ACCURACY, M.EVAL_BEST_LOSS, M.ADAPTER_EFF
                    M.ADAPTER_TRAINABLE_PARAMS, M.ADAPTER_SPARSITY, M.TRAIN_TOKENS_PER_S]
 
 
-def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] | None = None) -> dict[str, object]:
+def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] | None = None,
+                    regression: float = 0.0) -> dict[str, object]:
     """summary_table.csv (one row per configuration, finished trials only) and pareto.csv (the same rows
-    with `on_front`; the front is taken on the seed means). Returns the paths and what was excluded."""
+    with `on_front`; the front is taken on the seed means). Returns the paths and what was excluded.
+    `regression`: the report lists configurations more than this below the untuned base on a task metric."""
     objectives = objectives or families.default_objectives(frame)
     out.mkdir(parents=True, exist_ok=True)
     finished = frame[ran_to_end(frame)]
@@ -65,11 +67,12 @@ def write_summaries(frame: pd.DataFrame, out: Path, objectives: dict[str, str] |
 
         notes += lines(frame, ran_to_end(frame))
     if baseline:  # the report marks what an adapter made worse than the untuned base
-        below = table[below_baseline(table, baseline).to_numpy()]
+        below = table[below_baseline(table, baseline, regression).to_numpy()]
         if len(below):
             axes = [c for c in table.columns if c.startswith("cell/")]
             names = ["; ".join(f"{a.removeprefix('cell/')}={row[a]}" for a in axes) for _, row in below.iterrows()]
-            notes.append(f"Below the untuned base on a task metric: {len(below)} configuration(s): "
+            by = f"more than {regression:g} below" if regression else "below"
+            notes.append(f"{by[0].upper()}{by[1:]} the untuned base on a task metric: {len(below)} configuration(s): "
                          + " | ".join(names))
     write_report(out / L.REPORT_FILE, title=f"raysweep: {Path(str(frame['trial_path'].iloc[0])).parent.name}",
                  table=table, metrics=shown, objectives=objectives, on_front=front.on_front, figures=figures,

@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="summarise a finished (or partial) experiment")
     analyze.add_argument("experiment")
     analyze.add_argument("--out", default=None, help="where tables go (default: the experiment directory)")
+    analyze.add_argument("--regression", type=float, default=0.0, metavar="X", help="with task metrics: the "
+                         "report lists configurations whose mean is more than X below the untuned base on any of "
+                         "them (default 0: any below it; e.g. 0.05 for a 5-point regression)")
     analyze.add_argument("--objectives", nargs="+", default=None, metavar="METRIC[:min|max]",
                          help="Pareto objectives (default per family: adapter/effective_params:min eval/loss:min; "
                          "masked: mask/achieved_sparsity:max eval/loss:min; sublora: bound/kl_nats:min "

@@ -100,18 +100,18 @@ def test_early_stopping_is_per_member(builtin_model_dir, builtin_task_files):
 
 def test_members_join_mid_run_and_resume_from_their_checkpoints_with_their_results_alone(
         builtin_model_dir, builtin_task_files, tmp_path):
-    """Continuous packing and resume: a member that joins a pack already 12 steps in, and a member resumed
+    """Continuous packing and resume: a member that joins a pack already 7 steps in, and a member resumed
     from its own checkpoint into a new pack, each get every eval loss they get alone (float64: exactly);
     with gradient accumulation (micro-batches averaged as alone)."""
     from raysweep.trial.packed_loop import PackEngine
 
-    first, late = (config("dora", cell, steps=30) for cell in CELLS[:2])
+    first, late = (config("dora", cell, steps=20) for cell in CELLS[:2])
     for cfg in (first, late):
         cfg["train"]["grad_accum_steps"] = 2
     sessions = [LocalSession(tmp_path / "first"), LocalSession(tmp_path / "late")]
     engine = PackEngine(first)
     [run_first] = engine.admit([(first, sessions[0], None)])
-    for _ in range(12):
+    for _ in range(7):
         engine.step()
     [run_late] = engine.admit([(late, sessions[1], None)])
     while engine.running():
@@ -129,7 +129,7 @@ def test_members_join_mid_run_and_resume_from_their_checkpoints_with_their_resul
         engine.step()
     after = {step: loss for step, loss in evals(run_first.reports).items() if step > 10}
     mine = {step: loss for step, loss in evals(resumed.reports).items() if step > 10}
-    assert resumed.status == "TERMINATED" and mine == pytest.approx(after, rel=1e-9, abs=0) and len(after) == 2
+    assert resumed.status == "TERMINATED" and mine == pytest.approx(after, rel=1e-9, abs=0) and len(after) == 1
 
 
 def test_each_member_gets_the_task_metrics_of_its_own_adapter(builtin_model_dir, builtin_task_files, tmp_path):

@@ -298,7 +298,7 @@ def cmd_analyze(args) -> int:
         return 0
     try:
         objectives = parse_objectives(args.objectives) if args.objectives else None
-        written = write_summaries(frame, out, objectives)
+        written = write_summaries(frame, out, objectives, regression=args.regression)
     except (KeyError, ValueError) as exc:
         raise BadInput(f"analyze: {exc.args[0] if exc.args else exc}; name metrics as in {TRIALS_FILE}, "
                        "e.g. --objectives adapter/effective_params:min eval/loss:min") from None
