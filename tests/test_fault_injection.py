@@ -170,6 +170,20 @@ def files_of(trial_dir: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(trial_dir.rglob("*")) if p.is_file()}
 
 
+def kill_driver(proc: subprocess.Popen) -> None:
+    """SIGKILL a `raysweep run` driver and the local Ray it started. Ray's dashboard and runtime-env agents
+    outlive a SIGKILLed driver (Ray 2.60 here); trial processes linger a few seconds. None may touch the
+    experiment while `resume` runs."""
+    driver = psutil.Process(proc.pid)
+    ray_processes = driver.children(recursive=True)  # the driver's local Ray: gone with it, or killed below
+    driver.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    for p in ray_processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(ray_processes, timeout=30)
+
+
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory, builtin_model_dir, builtin_task_files):
     """A sweep whose driver is SIGKILLed once Tune has saved a finished trial and the diverged one, while the
@@ -189,16 +203,7 @@ def chaos(tmp_path_factory, builtin_model_dir, builtin_task_files):
         return saved if ready else None
 
     saved = wait_for(mid_sweep, proc, log, "a finished and a failed trial saved, the long one running")
-    driver = psutil.Process(proc.pid)
-    ray_processes = driver.children(recursive=True)  # the driver's local Ray: gone with it, or killed below
-    driver.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    # Ray's dashboard and runtime-env agents outlive a SIGKILLed driver (Ray 2.60 here); trial processes
-    # linger a few seconds. None may touch the experiment while `resume` runs.
-    for p in ray_processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(ray_processes, timeout=30)
+    kill_driver(proc)
 
     trial_paths = {d.parent.name: d.parent for d in experiment.glob("*/params.json")}
     before = {

@@ -3,20 +3,17 @@ process and still get, each, the results, checkpoints, exports and resume of a t
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import tempfile
 from pathlib import Path
 
-import psutil
 import pytest
 
 from raysweep.experiment import metrics as M
 from raysweep.inputs import model_cache
 from raysweep.trial.loop import run_training
 from raysweep.trial.session import LocalSession
-from tests.test_fault_injection import files_of, saved_state, start_cli, trial_id_of, wait_for
+from tests.test_fault_injection import files_of, kill_driver, saved_state, start_cli, trial_id_of, wait_for
 from tests.test_integration import eval_loss_of_saved_adapter, read_trials, results_of, run_cli
 
 pytestmark = pytest.mark.integration
@@ -129,14 +126,7 @@ def test_killed_driver_resume_continues_each_member_from_its_own_checkpoint(tmp_
         return saved if statuses == ["RUNNING", "TERMINATED"] and all(c for s, c in saved.values()) else None
 
     saved = wait_for(mid_sweep, proc, log, "the short member finished, the long one checkpointed")
-    driver = psutil.Process(proc.pid)
-    ray_processes = driver.children(recursive=True)
-    driver.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    for p in ray_processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(ray_processes, timeout=30)
+    kill_driver(proc)
 
     dirs = {trial_id_of(p.parent.name): p.parent for p in experiment.glob("*/params.json")}
     before = {t: results_of(d) for t, d in dirs.items()}
