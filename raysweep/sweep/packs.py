@@ -78,9 +78,9 @@ def describe_packs(sweep: Any, trials: list[Any]) -> list[str]:
         return [f"packed trials: off ({decision.why_not})"]
     packed, alone = groups(trials, run_config)
     res = sweep.resources
+    workers = trials_at_once(res, os.cpu_count() or 1, 0)
     here = "" if res.gpus_per_worker else (
-        f"; on this machine {trials_at_once(res, os.cpu_count() or 1, 0)} worker(s) at once, so up to "
-        f"{trials_at_once(res, os.cpu_count() or 1, 0) * decision.size} trials")
+        f"; on this machine {workers} worker(s) at once, so up to {workers * decision.size} trials")
     lines = [f"packed trials: up to {decision.size} per worker over one shared base "
              f"(resources.pack: {res.pack}){here}; a member that ends frees its place for the next cell "
              "with the same base"]
@@ -111,6 +111,8 @@ class Registry:
         (ask again)."""
         import ray
 
+        from raysweep.trial.pack_worker import PackWorker
+
         for w in self.workers:
             if trial_id in w["members"]:  # a retry of the same trial (its relay restarted)
                 w["members"].discard(trial_id)
@@ -131,7 +133,8 @@ class Registry:
         options = {"num_cpus": self.resources.get("CPU", 1), "max_concurrency": 4 * capacity + 4}
         if self.resources.get("GPU"):
             options["num_gpus"] = self.resources["GPU"]
-        handle = ray.remote(_warm_pack_worker_class()).options(**options).remote(name)
+        # no warm-up imports race the worker's training thread: packed sweeps run without them (driver.warm_imports)
+        handle = ray.remote(PackWorker).options(**options).remote(name)
         self.workers.append({"handle": handle, "key": key, "members": {trial_id}, "capacity": capacity, "name": name})
         return handle, name
 
@@ -142,23 +145,6 @@ class Registry:
     def forget(self, worker: str) -> None:
         """This worker died: take it off the books (its other members fail and are retried too)."""
         self.workers = [w for w in self.workers if w["name"] != worker]
-
-
-def _warm_pack_worker_class():
-    from raysweep.trial.pack_worker import PackWorker
-
-    class WarmPackWorker(PackWorker):
-        """A pack worker that first lets this process's background imports finish (sweep/warmup.py): its
-        training thread importing transformers while the warm-up thread does races in transformers' lazy
-        module (ImportError: cannot import name ...)."""
-
-        def __init__(self, name: str):
-            from raysweep.sweep import warmup
-
-            warmup.wait()
-            super().__init__(name)
-
-    return WarmPackWorker
 
 
 def registry_name(experiment_name: str) -> str:

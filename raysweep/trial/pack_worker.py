@@ -11,7 +11,6 @@ cannot be packed runs it alone with the ordinary training loop (trial/loop.py), 
 from __future__ import annotations
 
 import io
-import os
 import queue
 import shutil
 import tarfile
@@ -119,9 +118,6 @@ class PackWorker:
         if trial_id in self.stopped:
             self.stopped[trial_id].set()
         self.commands.put(("leave", trial_id))
-
-    def pid(self) -> int:
-        return os.getpid()
 
     # ---------------------------------------------------------------- the training thread
 
