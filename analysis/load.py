@@ -14,7 +14,7 @@ import pandas as pd
 
 from analysis.baseline import load_baselines, task_metrics, with_deltas
 from raysweep.experiment import metrics as M
-from raysweep.experiment import outcome
+from raysweep.experiment import outcome, storage
 from raysweep.experiment.layout import (
     PARAMS_FILE,
     PROGRESS_FILE,
@@ -23,6 +23,7 @@ from raysweep.experiment.layout import (
     SWEEP_FILE,
     TASK_METRICS_FILE,
     TRIALS_FILE,
+    recorded_root,
 )
 from raysweep.experiment.metrics import CHECKPOINT_PATH, TRAIN_EARLY_STOPPED
 
@@ -89,7 +90,8 @@ def load_trials(experiment: str | Path) -> pd.DataFrame:
         status = frame["status"] if "status" in frame else pd.Series(None, index=frame.index, dtype=object)
         frame["flag"] = [outcome.flag(s, b, e) for s, b, e in zip(status, stopped_by, early, strict=True)]
         if CHECKPOINT_PATH in frame:
-            frame[CHECKPOINT_PATH] = frame[CHECKPOINT_PATH].map(lambda p: _relocate(p, _recorded_root(root), root))
+            old_root = recorded_root(root)
+            frame[CHECKPOINT_PATH] = frame[CHECKPOINT_PATH].map(lambda p: storage.relocate(p, old_root, root))
         frame = _evaluated_later(frame)
         # each task metric's difference to the untuned base (`<metric> Δbase`), where the experiment has one
         frame = with_deltas(frame, load_baselines(root))
@@ -125,23 +127,6 @@ def _adapter_types(frame: pd.DataFrame, root: Path) -> pd.Series:
     return known.fillna(cell).fillna(base)
 
 
-def _recorded_root(root: Path) -> str | None:
-    """Where the experiment was when it ran (storage/name in raysweep.yaml), to find moved files."""
-    import yaml
-
-    saved = yaml.safe_load((root / SWEEP_FILE).read_text()) or {}
-    return str(Path(saved["storage"]) / saved["name"]) if saved.get("storage") and saved.get("name") else None
-
-
-def _relocate(path, old_root: str | None, root: Path):
-    """A recorded absolute path inside the experiment, rewritten under its current location when the
-    experiment was copied or moved (e.g. to a laptop) and the recorded one no longer exists."""
-    if not isinstance(path, str) or not path or not old_root or Path(path).exists():
-        return path
-    if path == old_root or path.startswith(old_root.rstrip("/") + "/"):
-        return str(root / path[len(old_root):].lstrip("/"))
-    return path
-
 def ran_to_end(frame: pd.DataFrame) -> pd.Series:
     """Per trial, whether its numbers are final (raysweep.experiment.outcome.ran_to_end: the one rule that
     the tables, export --best and the SubLoRA plots use). Without a trial table (a sweep still starting)
@@ -153,7 +138,9 @@ def ran_to_end(frame: pd.DataFrame) -> pd.Series:
                      index=frame.index, dtype=bool)
 
 
-def print_overview(console, frame: pd.DataFrame, experiment: str, out: Path | None = None) -> None:
+def print_overview(console, frame: pd.DataFrame, experiment: str, out: Path | None = None,
+                   shown=str) -> None:
+    """The trials table, and summary.csv written into `out` (`shown`: how to name a path to the user)."""
     from rich.table import Table
 
     if frame.empty:
@@ -181,4 +168,4 @@ def print_overview(console, frame: pd.DataFrame, experiment: str, out: Path | No
     out = (out or Path(experiment).expanduser()) / SUMMARY_CSV
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {shown(out)}")

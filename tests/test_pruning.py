@@ -104,7 +104,7 @@ def test_store_computes_once_per_key(tmp_path):
     assert len(calls) == 1 and [r[2] for r in results] == [True, False, False, False, False]
     assert results[-1][1]["sparsity"] == 0.5 and torch.equal(results[-1][0]["w"], torch.tensor([[True, False]]))
     mask_store.get_or_compute(tmp_path, key | {"sparsity": 0.9}, compute)
-    assert len(calls) == 2 and len(mask_store.computations(tmp_path)) == 2
+    assert len(calls) == 2 and len(mask_store.computations(tmp_path / mask_store.MASKS_DIR)) == 2
 
 
 # ------------------------------------------------------------------------------ the adapter

@@ -39,7 +39,7 @@ class TrialContext:
     device: Any  # torch.device of this process
     batches: Callable[[int, int], Iterator[dict[str, Any]]]  # (n_examples, seed) -> collated train batches on device
     evaluate: Callable[[Any], dict[str, float]]  # model -> eval metrics over the whole eval split
-    store: Path  # a directory shared by all trials of all sweeps on this storage (e.g. masks computed once)
+    store: str  # a directory or object-store URI shared by all trials of all sweeps on this storage (e.g. masks computed once)
     world_rank: int = 0
     train_set: Any = None  # the tokenized training examples (data.Example list) as the loop trains on them
 

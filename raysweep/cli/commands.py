@@ -4,7 +4,6 @@ returns an exit code (cli/console.py); user errors raise BadInput."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from raysweep.cli.console import (
 )
 from raysweep.cli.preflight import (
     load_grid,
+    object_store_problem,
     preflight,
     storage_problems,
     storage_root,
@@ -26,6 +26,7 @@ from raysweep.cli.preflight import (
     unique_name,
 )
 from raysweep.config import grid as G
+from raysweep.experiment import storage as S
 from raysweep.experiment.layout import EXPORT_INFO, SWEEP_FILE, TRIALS_FILE
 
 
@@ -76,7 +77,7 @@ def cmd_run(args) -> int:
     preflight(raw, trials, launch=True, address=args.address, problems=problems, build_builtin=True)
     storage = storage_root(args, sweep)
     name = unique_name(storage, args.name or sweep.name)
-    experiment_path = str(storage / name)
+    experiment_path = S.join(storage, name)
     if not args.verbose:
         hide_trial_tracebacks()
     try:  # before the experiment directory is written: a sweep that cannot start leaves nothing behind
@@ -85,12 +86,12 @@ def cmd_run(args) -> int:
     except ConnectionError as exc:  # e.g. --address auto with no cluster running
         raise BadInput(f"--address {args.address}: {exc}; start the cluster (`ray start --head`) or fix "
                        "the address") from None
-    Path(experiment_path).mkdir(parents=True, exist_ok=True)
+    S.make_dirs(experiment_path)
     # the resolved executor is part of the experiment: `resume` must rebuild the same trainable even if
     # what `auto` means changes in a later version
-    saved = dict(raw, name=name, storage=str(storage),
+    saved = dict(raw, name=name, storage=storage,
                  resources={**(raw.get("resources") or {}), "executor": sweep.resources.resolved_executor()})
-    (Path(experiment_path) / SWEEP_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
+    S.write_text(S.join(experiment_path, SWEEP_FILE), yaml.safe_dump(saved, sort_keys=False))
     at_once = driver.slots(sweep)
     console.print(f"[bold]{G.trial_count(sweep, trials)} trial(s)[/bold] "
                   f"({describe_search(sweep.search, len(trials))}), "
@@ -100,7 +101,7 @@ def cmd_run(args) -> int:
     if line := header_line(sweep, trials, at_once):
         console.print(line)
     callback = ProgressCallback(experiment_path, lambda cell: G.trial_config(saved, cell), console)
-    return _watch(lambda: driver.run(sweep, saved, trials, str(storage), name, _callbacks(callback, sweep),
+    return _watch(lambda: driver.run(sweep, saved, trials, storage, name, _callbacks(callback, sweep),
                                      at_once, tensorboard=args.tensorboard), callback, sweep, experiment_path)
 
 
@@ -132,15 +133,17 @@ def cmd_resume(args) -> int:
     from raysweep.sweep import driver
     from raysweep.sweep.progress import ProgressCallback
 
-    experiment_path = str(Path(os.path.expanduser(args.experiment)).resolve())
-    sweep_file = Path(experiment_path) / SWEEP_FILE
-    if not Path(experiment_path).is_dir():
+    experiment_path = S.display(args.experiment)
+    sweep_file = S.join(experiment_path, SWEEP_FILE)
+    if S.is_uri(experiment_path) and (problem := object_store_problem(experiment_path, args.experiment)):
+        raise BadInput(problem)
+    if not S.is_dir(experiment_path):
         raise BadInput(f"{args.experiment}: no such directory; give the experiment path printed by `raysweep run` "
                        "(<storage>/<name>)")
-    if not sweep_file.is_file() or not driver.experiment_exists(experiment_path):
+    if not S.is_file(sweep_file) or not driver.experiment_exists(experiment_path):
         raise BadInput(f"{args.experiment}: not a raysweep experiment directory (no {SWEEP_FILE} "
                        "or Tune experiment state); give the path printed by `raysweep run`")
-    raw, sweep, trials = load_grid(str(sweep_file), [])
+    raw, sweep, trials = load_grid(sweep_file, [])
     # the model and data files may have changed since the sweep started: the same validation as `run`
     problems = [p for p in [tensorboard_problem(args),
                             driver.setup_problem(sweep, dashboard=not args.no_dashboard, address=args.address)] if p]
@@ -170,7 +173,7 @@ def cmd_masks(args) -> int:
     store = storage_root(args, sweep)
     with console.status("computing masks"):
         results = precompute_masks(configs, store)
-    table = Table(title=f"masks in {store / MASKS_DIR}")
+    table = Table(title=f"masks in {S.join(store, MASKS_DIR)}")
     for column in ("mask", "importance", "sparsity", "achieved", "trials", "", "seconds"):
         table.add_column(column, justify="left" if column in ("mask", "importance", "") else "right")
     for r in results:
@@ -183,13 +186,15 @@ def cmd_masks(args) -> int:
 
 
 def cmd_bounds(args) -> int:
+    with _opened(args.path) as path:
+        return _bounds(args, path)
+
+
+def _bounds(args, path: Path) -> int:
     import json
 
     from raysweep.experiment.layout import TRIAL_CONFIG, find_checkpoints
 
-    path = Path(args.path).expanduser()
-    if not path.exists():
-        raise BadInput(f"{args.path}: no such directory; give an experiment, trial or checkpoint directory")
     checkpoints = [c for c in find_checkpoints(path)
                    if json.loads((c / TRIAL_CONFIG).read_text())["adapter"]["type"] == "sublora"]
     if not checkpoints:
@@ -200,10 +205,10 @@ def cmd_bounds(args) -> int:
     overrides = {k: v for k, v in {"bound_levels": args.levels, "bound_quantizer": args.quantizer,
                                    "bound_sample": args.sample, "bound_delta": args.delta}.items() if v is not None}
     for checkpoint in checkpoints:
-        with console.status(f"bounds of {checkpoint}"):
+        with console.status(f"bounds of {_show(checkpoint)}"):
             report = bounds_for_checkpoint(checkpoint, **overrides)
         written = write_report(checkpoint, report)
-        console.print(f"[bold]{checkpoint}[/bold]\n{summary(report)}\nwrote {written}")
+        console.print(f"[bold]{_show(checkpoint)}[/bold]\n{summary(report)}\nwrote {_show(written)}")
     return 0
 
 
@@ -211,13 +216,15 @@ def cmd_export(args) -> int:
     from raysweep.offline.export import ExportError, export
 
     try:
-        with console.status(f"exporting to {args.out}"):
-            result = export(args.path, args.out, best=args.best, merged=args.merged, weights=args.weights,
+        with console.status(f"exporting to {args.out}"), _opened(args.path, write_back=False) as path:
+            result = export(path, args.out, best=args.best, merged=args.merged, weights=args.weights,
                             metric=args.metric, mode=args.mode, check=not args.no_check, tolerance=args.tolerance)
     except ExportError as exc:
         raise BadInput(str(exc)) from None
+    if _mirror:  # export.json names the source as the user does: in the object store
+        _name_sources_in_store(Path(result.out) / EXPORT_INFO)
     what = "merged model" if result.merged else "peft adapter"
-    console.print(f"{what} of trial {result.trial_id or '?'} ({result.weights} weights of {result.checkpoint}) "
+    console.print(f"{what} of trial {result.trial_id or '?'} ({result.weights} weights of {_show(result.checkpoint)}) "
                   f"→ {result.out}", markup=False)
     if result.selection:
         s = result.selection
@@ -242,19 +249,27 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _name_sources_in_store(info_file: Path) -> None:
+    import json
+
+    info = json.loads(info_file.read_text())
+    info["source_checkpoint"] = _show(info["source_checkpoint"])
+    if info.get("selection"):
+        info["selection"]["experiment"] = _show(info["selection"]["experiment"])
+    info_file.write_text(json.dumps(info, indent=2, default=float))
+
+
 def cmd_eval(args) -> int:
     from raysweep.offline.evaluate import EvalError, evaluate_path
 
     if args.limit is not None and args.limit < 1:
         raise BadInput(f"--limit: {args.limit} is not a number of examples; give a whole number ≥ 1")
-    if not Path(args.path).expanduser().exists():
-        raise BadInput(f"{args.path}: no such directory; give an experiment, trial or checkpoint directory")
     problems = _task_problems(args.tasks or [])
     if problems:
         raise BadInput("\n".join(["input problem(s):"] + [f"  - {p}" for p in problems]))
     try:
-        with console.status("task metrics"):
-            results = evaluate_path(args.path, best=args.best, tasks=args.tasks, generation=args.generation,
+        with console.status("task metrics"), _opened(args.path) as path:
+            results = evaluate_path(path, best=args.best, tasks=args.tasks, generation=args.generation,
                                     limit=args.limit, weights=args.weights,
                                     baseline=False if args.no_baseline else None,
                                     log=lambda m: console.print(m, markup=False, highlight=False))
@@ -268,13 +283,39 @@ def cmd_eval(args) -> int:
             console.print(f"best of {s['trials_considered']} finished trial(s) by {s['metric']} ({s['mode']}): "
                           f"{s['value']:.6g}")
         shown = {k: v for k, v in result.metrics.items() if M.is_task_metric(k)}
-        console.print(f"[bold]{result.trial_id or result.checkpoint}[/bold] " + ", ".join(
+        console.print(f"[bold]{result.trial_id or _show(result.checkpoint)}[/bold] " + ", ".join(
             f"{k} {v:.4g}" + (f" (base {result.baseline[k]:.4g})" if k in result.baseline else "")
             for k, v in shown.items()))
         if result.metrics.get(M.TASK_ERRORS):
             console.print(f"missing: {result.metrics[M.TASK_ERRORS]}", markup=False, highlight=False)
-        console.print(f"wrote {result.written}", markup=False)
+        console.print(f"wrote {_show(result.written)}", markup=False)
     return 0
+
+
+@contextlib.contextmanager
+def _opened(given: str, write_back: bool = True):
+    """An experiment, trial or checkpoint the user named, as a local directory: itself, or the local mirror
+    of its object-store copy (files the command writes there go back to the store: experiment/storage.py)."""
+    if S.is_uri(given):
+        if problem := object_store_problem(given, given):
+            raise BadInput(problem)
+        if not S.is_dir(given):
+            raise BadInput(f"{given}: nothing stored there; give an experiment, trial or checkpoint location "
+                           "(the experiment path `raysweep run` printed)")
+    elif not Path(given).expanduser().exists():
+        raise BadInput(f"{given}: no such directory; give an experiment, trial or checkpoint directory")
+    global _mirror
+    with S.opened(given, write_back=write_back) as local:
+        _mirror = (local, given) if S.is_uri(given) else None
+        yield local
+
+
+_mirror: tuple[Path, str] | None = None  # (local mirror, object-store location) of the command's _opened
+
+
+def _show(path) -> str:
+    """A path as the user names it: inside an object-store experiment's mirror, its location in the store."""
+    return S.shown(path, *_mirror) if _mirror else str(path)
 
 
 def _task_problems(tasks: list[str]) -> list[str]:
@@ -284,16 +325,22 @@ def _task_problems(tasks: list[str]) -> list[str]:
 
 
 def cmd_analyze(args) -> int:
+    with _opened(args.experiment) as local:
+        return _analyze(args, local)
+
+
+def _analyze(args, local: Path) -> int:
     from analysis.load import ResultsError, load_trials, print_overview
     from analysis.pareto import parse_objectives
     from analysis.summary import write_summaries
 
     try:
-        frame = load_trials(args.experiment)
+        frame = load_trials(local)
     except ResultsError as exc:
-        raise BadInput(str(exc)) from None
-    out = Path(args.out).expanduser() if args.out else Path(args.experiment).expanduser()
-    print_overview(console, frame, args.experiment, out)
+        raise BadInput(str(exc).replace(str(local), args.experiment)) from None
+    # written into the experiment (its object store copy too: _opened uploads them) unless --out says where
+    out = Path(args.out).expanduser() if args.out else local
+    print_overview(console, frame, args.experiment, out, shown=_show)
     if frame.empty:
         return 0
     try:
@@ -305,7 +352,7 @@ def cmd_analyze(args) -> int:
     front = written["front"]
     console.print(f"Pareto front ({', '.join(f'{k} {v}' for k, v in written['objectives'].items())}): "
                   f"{len(front)} of {written['configurations']} configuration(s) are non-dominated; "
-                  f"wrote {written['summary_table']} and {written['pareto']}")
+                  f"wrote {_show(written['summary_table'])} and {_show(written['pareto'])}")
     if len(written["excluded"]):
         console.print(f"left out of the front (missing or non-finite objective): {len(written['excluded'])}")
     if written["unfinished"]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from raysweep import config as C
 from raysweep.cli.console import BadInput, console
+from raysweep.experiment import storage
 
 
 def load_grid(grid: str, overrides: list[str]):
@@ -210,9 +211,9 @@ def _local_fit(resources: C.ResourcesConfig) -> list[str]:
     return fit_problems(resources, cpus, gpus)
 
 
-def unique_name(storage: Path, name: str) -> str:
+def unique_name(root: str, name: str) -> str:
     candidate, i = name, 2
-    while (storage / candidate).exists():
+    while storage.exists(storage.join(root, candidate)) or storage.is_dir(storage.join(root, candidate)):
         candidate, i = f"{name}-{i}", i + 1
     return candidate
 
@@ -228,12 +229,13 @@ def ensure_builtin(trials) -> None:
             sources.build_generated(models, tasks)
 
 
-def storage_root(args, sweep) -> Path:
+def storage_root(args, sweep) -> str:
+    """The experiments' storage root: a resolved local directory, or an object-store URI as given."""
     given = args.storage or sweep.storage or "~/ray_results"
     problem = storage_problem(given, "--storage" if args.storage else "storage")
     if problem:
         raise BadInput(problem)
-    return Path(os.path.expanduser(given)).resolve()
+    return storage.display(given)
 
 
 def storage_problems(option: str | None, key_value: str | None) -> list[str]:
@@ -246,13 +248,36 @@ def storage_problem(given: str | None, key: str) -> str | None:
     """Why `given` cannot be the experiments' storage root (None: fine, created if missing)."""
     if not given:
         return None
-    if "://" in given:  # trials.csv, raysweep.yaml and the mask store are written with plain file I/O
-        return (f"{key}: {given} is a URI; raysweep needs a directory, on a cluster one every node mounts "
-                "at the same path (NFS, EFS, a shared disk): see docs/cluster.md")
-    storage = Path(os.path.expanduser(given)).resolve()
-    if storage.exists() and not storage.is_dir():  # found here, not as a traceback from mkdir after Ray starts
-        return (f"{key}: {storage} is a file, not a directory; give a directory for the experiments (it is "
+    if storage.is_uri(given):
+        return object_store_problem(given, key)
+    if "://" in given:
+        return (f"{key}: {given} is a file:// URI; give the directory as a path (or an object store such as "
+                "s3://bucket/prefix)")
+    directory = Path(os.path.expanduser(given)).resolve()
+    if directory.exists() and not directory.is_dir():  # found here, not as a traceback from mkdir after Ray starts
+        return (f"{key}: {directory} is a file, not a directory; give a directory for the experiments (it is "
                 "created if missing)")
+    return None
+
+
+def object_store_problem(uri: str, key: str) -> str | None:
+    """Why the object store at `uri` cannot hold experiments: a scheme pyarrow cannot open, no bucket, or a
+    store that does not answer (checked here, before Ray starts, instead of failing in every trial)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if not parts.netloc:
+        return f"{key}: {uri} names no bucket; write it as s3://<bucket>/<prefix>"
+    try:
+        bucket = storage.bucket_exists(uri)  # one request: credentials, endpoint and bucket
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises OSError, ValueError or ArrowInvalid by cause
+        reason = " ".join(str(exc).split())[:300]
+        return (f"{key}: cannot reach {uri} ({type(exc).__name__}: {reason}); check the bucket name and the "
+                "credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; AWS_ENDPOINT_URL for MinIO or another "
+                "S3-compatible server), see docs/cluster.md")
+    if not bucket:
+        return (f"{key}: the bucket {parts.netloc!r} of {uri} does not exist; create it (e.g. `aws s3 mb "
+                f"s3://{parts.netloc}`) or fix the name")
     return None
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from raysweep.config.grid import Trial, expand, set_path
 from raysweep.config.issues import ConfigError, ConfigIssue
+from raysweep.experiment import storage
 
 if TYPE_CHECKING:
     from raysweep.config.schema import Sweep
@@ -29,6 +30,8 @@ def load(path, overrides: list[str] | None = None) -> tuple[dict[str, Any], Swee
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    if storage.is_uri(path):  # an experiment's raysweep.yaml in object storage (resume s3://…)
+        return _read_remote_yaml(str(path))
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
@@ -54,6 +57,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if duplicates:
         raise ConfigError(str(path), duplicates)
     raw.setdefault("name", path.stem)
+    return raw
+
+
+def _read_remote_yaml(location: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(storage.read_text(location))
+    except FileNotFoundError:
+        raise ConfigError(location, [ConfigIssue("", f"{location} does not exist; give the experiment path "
+                                                     "printed by `raysweep run`")]) from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(location, [ConfigIssue("", f"cannot read it ({exc})")]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(location, [ConfigIssue("", "the top level must be a mapping (key: value lines)")])
     return raw
 
 

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from raysweep.experiment import storage
+
 # ---- raysweep's files at the top of an experiment directory
 SWEEP_FILE = "raysweep.yaml"  # the resolved grid file, saved at launch for resume and analysis
 TRIALS_FILE = "trials.csv"  # one row per trial: status, cell, final metrics, checkpoint, error (rewritten whole)
@@ -95,8 +97,10 @@ def find_checkpoints(path: Path) -> list[Path]:
     if (path / TRIAL_CONFIG).is_file():
         return [path]
     if (path / TRIALS_FILE).is_file():
+        old_root = recorded_root(path)
         with (path / TRIALS_FILE).open() as f:
-            found = [Path(row[CHECKPOINT_PATH]) for row in csv.DictReader(f) if row.get(CHECKPOINT_PATH)]
+            found = [Path(storage.relocate(row[CHECKPOINT_PATH], old_root, path)) for row in csv.DictReader(f)
+                     if row.get(CHECKPOINT_PATH)]
         return [p for p in found if (p / TRIAL_CONFIG).is_file()]
     latest = sorted(p for p in path.glob(CHECKPOINT_GLOB) if (p / TRIAL_CONFIG).is_file())
     return latest[-1:] or _train_run_checkpoint(path)
@@ -108,7 +112,9 @@ def _train_run_checkpoint(trial_dir: Path) -> list[Path]:
     from raysweep.experiment.metrics import CHECKPOINT_PATH
 
     last = last_result(trial_dir)
-    candidates = [Path(str(last[CHECKPOINT_PATH]))] if last.get(CHECKPOINT_PATH) else []
+    recorded = storage.relocate(str(last[CHECKPOINT_PATH]), recorded_root(trial_dir.parent), trial_dir.parent) \
+        if last.get(CHECKPOINT_PATH) else None
+    candidates = [Path(recorded)] if recorded else []
     if last.get("trial_id"):
         candidates.append(train_run_dir(trial_dir.parent, last["trial_id"]))
     for candidate in candidates:
@@ -120,21 +126,30 @@ def _train_run_checkpoint(trial_dir: Path) -> list[Path]:
     return []
 
 
-def read_baselines(experiment: Path) -> list[dict[str, Any]]:
+def read_baselines(experiment: str | Path) -> list[dict[str, Any]]:
     """The untuned bases' task-metric records of an experiment (each {"key", "model", "metrics", ...}), [] if none."""
-    path = Path(experiment) / BASELINE_FILE
     try:
-        return list(json.loads(path.read_text()).get("baselines", [])) if path.is_file() else []
+        return list(json.loads(storage.read_text(storage.join(experiment, BASELINE_FILE))).get("baselines", []))
     except (OSError, json.JSONDecodeError, AttributeError):
         return []
 
 
-def merge_baselines(experiment: Path, records: list[dict[str, Any]]) -> Path:
-    """Add (or replace, by "key") baseline records in the experiment's baseline file; written whole, then renamed."""
+def merge_baselines(experiment: str | Path, records: list[dict[str, Any]]) -> str:
+    """Add (or replace, by "key") baseline records in the experiment's baseline file; written whole."""
     merged = {r.get("key"): r for r in read_baselines(experiment)}
     merged |= {r.get("key"): r for r in records}
-    path = Path(experiment) / BASELINE_FILE
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"baselines": list(merged.values())}, indent=2, default=str))
-    partial.replace(path)
+    path = storage.join(experiment, BASELINE_FILE)
+    storage.write_text(path, json.dumps({"baselines": list(merged.values())}, indent=2, default=str))
     return path
+
+
+def recorded_root(experiment: Path) -> str | None:
+    """Where the experiment was when it ran (storage and name in its raysweep.yaml): recorded checkpoint
+    locations start with it (storage.relocate maps them under the experiment's current place)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((Path(experiment) / SWEEP_FILE).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return storage.join(saved["storage"], saved["name"]) if saved.get("storage") and saved.get("name") else None

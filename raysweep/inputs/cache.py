@@ -16,11 +16,12 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from raysweep.experiment import storage
+
 
 def default_cache_dir() -> Path:
     """$RAYSWEEP_CACHE if set, else ~/.cache/raysweep."""
-    env = os.environ.get("RAYSWEEP_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "raysweep"
+    return storage.cache_root()
 
 
 def build_once(final_dir: Path, build: Callable[[Path], None]) -> Path:
@@ -44,3 +45,26 @@ def build_once(final_dir: Path, build: Callable[[Path], None]) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return final_dir
+
+
+def build_once_shared(store: str | Path | None, relative: str, build: Callable[[Path], None]) -> Path:
+    """`build_once` for an entry shared through the sweeps' storage (`<store>/<relative>`, e.g. masks/<key>):
+    a local directory entry as above; on an object store (s3://) the entry is built in this node's mirror of
+    the store under the same file lock, then uploaded with a completion marker last, and a node that finds
+    the marker downloads the entry instead of building it. Two nodes may build one key at the same time (an
+    object store has no lock); both write the same result. Returns the local directory."""
+    if not storage.is_uri(store):
+        return build_once(Path(store or default_cache_dir()) / relative, build)
+    remote = storage.join(store, relative)
+    local = storage.mirror_of(remote)
+
+    def fetch_or_build(tmp: Path) -> None:
+        if storage.is_file(storage.join(remote, storage.COMPLETE_MARKER)):
+            storage.pull(remote, tmp)
+            return
+        build(tmp)
+        storage.push(tmp, remote)
+        (tmp / storage.COMPLETE_MARKER).write_text("")
+        storage.push(tmp, remote, [tmp / storage.COMPLETE_MARKER])
+
+    return build_once(local, fetch_or_build)

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from raysweep.experiment import storage
 from raysweep.experiment.layout import TOKENIZED_DIR
 from raysweep.inputs import data, examples, sources
 from raysweep.inputs.cache import build_once, default_cache_dir
@@ -50,7 +51,10 @@ TOKENIZER_FILES = ("config.json", "tokenizer*", "special_tokens_map.json", "voca
 
 
 def root_dir(store: str | Path | None) -> Path:
-    """Where the entries live: <storage>/tokenized/ (the sweep's storage root), else the user cache."""
+    """Where the entries live: <storage>/tokenized/ (the sweep's storage root), else the user cache. An
+    object-store root (s3://) keeps them in each node's local mirror of it: they are memory-mapped."""
+    if storage.is_uri(store):
+        return storage.mirror_of(storage.join(str(store), TOKENIZED_DIR))
     return Path(store or default_cache_dir()) / TOKENIZED_DIR
 
 

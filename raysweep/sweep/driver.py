@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from raysweep.config import Sweep, Trial, trial_config
+from raysweep.experiment import storage as storage_layer  # `storage` is run()'s storage root
 from raysweep.experiment.layout import TRAIN_RUN_PREFIX, TRAIN_RUNS_DIR
 from raysweep.sweep import packs, trackers
 from raysweep.sweep.failures import TrialFailed, _reason
@@ -36,9 +37,9 @@ def executor(sweep: Sweep) -> str:
 
 
 def shared_store(sweep_raw: dict[str, Any]) -> str | None:
-    """The experiments' storage root (shared storage on a cluster): trials, and later sweeps, share what
-    is stored there by key, e.g. pruning masks under <storage>/masks/ (the CLI refuses URI storage, so this
-    is always a directory)."""
+    """The experiments' storage root (shared storage on a cluster: a directory every node mounts, or an
+    object-store URI): trials, and later sweeps, share what is stored there by key, e.g. pruning masks under
+    <storage>/masks/ (inputs/cache.build_once_shared)."""
     return sweep_raw.get("storage") or None
 
 
@@ -202,7 +203,7 @@ def build_trainable(sweep: Sweep, sweep_raw: dict[str, Any], experiment_path: st
         request = {"cpu": res.cpus_per_worker} | ({"gpu": res.gpus_per_worker} if res.gpus_per_worker else {})
         return tune.with_resources(tune.with_parameters(actor_trial_fn, sweep_raw=sweep_raw), request)
     trainable = tune.with_parameters(
-        driver_fn, sweep_raw=sweep_raw, train_storage=os.path.join(experiment_path, TRAIN_RUNS_DIR)
+        driver_fn, sweep_raw=sweep_raw, train_storage=storage_layer.join(experiment_path, TRAIN_RUNS_DIR)
     )
     # The driver only waits on its TorchTrainer; by default it would reserve a CPU, which deadlocks a
     # 2-CPU machine (workers never start). CPU 0 alone is rejected, so reserve a token of memory.
@@ -239,7 +240,7 @@ def run(sweep: Sweep, sweep_raw: dict[str, Any], trials: list[Trial], storage: s
     problem = setup_problem(sweep, _dashboard)
     if problem:
         raise SetupError(problem)
-    experiment_path = os.path.join(storage, name)
+    experiment_path = storage_layer.join(storage, name)
     search, res = sweep.search, sweep.resources
     in_actor = executor(sweep) == "actor"
     registry = start_packs(sweep, name, max_concurrent)
@@ -259,6 +260,10 @@ def run(sweep: Sweep, sweep_raw: dict[str, Any], trials: list[Trial], storage: s
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0,
+            # Tune uploads its experiment state and the trials' result files from the driver every
+            # sync_period (checkpoints go up at once, from the trials): 300 s by default, too stale for the
+            # live report and a resume after a killed driver
+            sync_config=tune.SyncConfig(sync_period=OBJECT_STORE_SYNC_S if storage_layer.is_uri(storage) else 300),
             # the live report after the progress callback, which writes the trials.csv it reads
             callbacks=_with_loggers([*callbacks, *trackers.callbacks(sweep.tracking, experiment_path),
                                      *live_report.callbacks(experiment_path)], tensorboard),
@@ -272,6 +277,8 @@ def run(sweep: Sweep, sweep_raw: dict[str, Any], trials: list[Trial], storage: s
     )
     return tuner.fit()
 
+
+OBJECT_STORE_SYNC_S = 15  # Tune's driver-side uploads to an object-store storage (a few small files each time)
 
 _registry_handle = None  # the pack registry actor lives as long as this driver's sweep
 
@@ -299,7 +306,7 @@ def resume(experiment_path: str, sweep: Sweep, sweep_raw: dict[str, Any], callba
     if problem:
         raise SetupError(problem)
     # the same pack registry (by the experiment's name) as `run` started: the restored trainable names it
-    registry = start_packs(sweep, Path(experiment_path).name, slots(sweep))
+    registry = start_packs(sweep, storage_layer.name_of(experiment_path), slots(sweep))
     tuner = tune.Tuner.restore(
         experiment_path,
         trainable=build_trainable(sweep, sweep_raw, experiment_path, registry),
@@ -318,4 +325,8 @@ def resume(experiment_path: str, sweep: Sweep, sweep_raw: dict[str, Any], callba
 
 
 def experiment_exists(path: str | Path) -> bool:
+    if storage_layer.is_uri(path):
+        from ray import tune
+
+        return tune.Tuner.can_restore(str(path))
     return Path(path).is_dir() and any(Path(path).glob("experiment_state*.json"))

@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from ray.tune import Callback
 
@@ -39,8 +38,12 @@ def interval_from_env() -> float | None:
 
 def _write(experiment: str, refresh_s: float | None) -> None:
     from analysis.report_build import write_experiment_report  # pandas, plotly: imported when first written
+    from raysweep.experiment import storage
 
-    write_experiment_report(experiment, refresh_s=refresh_s)
+    # an experiment in object storage: built from its local mirror (pulled: only what changed is downloaded)
+    # and the page uploaded beside it
+    with storage.opened(experiment) as local:
+        write_experiment_report(local, refresh_s=refresh_s)
 
 
 class LiveReportCallback(Callback):
@@ -70,10 +73,11 @@ class LiveReportCallback(Callback):
         return state
 
     @property
-    def path(self) -> Path:
+    def path(self) -> str:
+        from raysweep.experiment import storage
         from raysweep.experiment.layout import REPORT_FILE
 
-        return Path(self.experiment_path) / REPORT_FILE
+        return storage.join(self.experiment_path, REPORT_FILE)
 
     def _run(self, refresh_s: float | None) -> None:
         try:

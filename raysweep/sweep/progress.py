@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from raysweep.experiment import metrics as M
+from raysweep.experiment import storage
 from raysweep.experiment.layout import ERROR_FILE, SWEEP_FILE, TRIALS_FILE, merge_baselines
 from raysweep.experiment.outcome import stopped_early
 
@@ -48,7 +49,8 @@ class TrialRecord:
         self.finished = False
         self.last: dict[str, Any] = {}
         self.error = ""
-        self.path = ""
+        self.path = ""  # the trial's directory in the storage (a URI for object storage)
+        self.local_path = ""  # ... and its driver-side copy (Tune writes error.txt there first)
         self.checkpoint_path = ""  # latest Tune checkpoint (actor executor; train trials report theirs)
         self.launched_at: float | None = None  # wall clock, this driver: Tune started the trial
         self.ended_at: float | None = None  # ... and saw it finish or fail
@@ -80,7 +82,7 @@ class ProgressCallback(Callback):
         self._scheduler: str | None = None
         # launch/end times of an earlier run of this experiment (resume): Tune does not keep them, and a
         # trial that finished then is not started again
-        self._earlier = earlier_times(Path(experiment_path) / TRIALS_FILE)
+        self._earlier = earlier_times(storage.join(experiment_path, TRIALS_FILE))
 
     def __getstate__(self) -> dict:
         # Tune pickles the RunConfig (callbacks included) into the experiment dir; consoles and the
@@ -115,7 +117,7 @@ class ProgressCallback(Callback):
         self._record(trial).last = dict(result)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
-        self._record(trial).checkpoint_path = checkpoint.path
+        self._record(trial).checkpoint_path = storage.location_of(checkpoint)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         rec = self._record(trial)
@@ -127,7 +129,7 @@ class ProgressCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         rec = self._record(trial)
         rec.status, rec.ended_at = "ERROR", time.time()
-        rec.error = read_error(getattr(trial, "path", None) or "")
+        rec.error = read_error(getattr(trial, "local_path", None) or getattr(trial, "path", None) or "")
         self._line(rec)
         self.write_csv()
 
@@ -155,16 +157,17 @@ class ProgressCallback(Callback):
             # and resumes them: only on_trial_complete (or an earlier run) means finished
             status = "INTERRUPTED"
         rec.status = status
-        rec.path = getattr(trial, "path", "") or rec.path
+        rec.path = trial_location(trial, self.experiment_path) or rec.path
+        rec.local_path = getattr(trial, "local_path", "") or rec.local_path
         checkpoint = getattr(trial, "checkpoint", None)
         if checkpoint is not None:
-            rec.checkpoint_path = checkpoint.path
+            rec.checkpoint_path = storage.location_of(checkpoint)
         if not rec.last and getattr(trial, "last_result", None):
             rec.last = dict(trial.last_result)  # trials restored from a previous run
         if rec.finished:
             self._mark_stopped(rec)  # also a trial stopped in an earlier run (resume)
         if rec.status == "ERROR" and rec.error in ("", NO_ERROR_FILE):
-            rec.error = read_error(rec.path)  # Tune may write error.txt after on_trial_error
+            rec.error = read_error(rec.local_path or rec.path)  # Tune may write error.txt after on_trial_error
         return rec
 
     def _mark_stopped(self, rec: TrialRecord) -> None:
@@ -177,7 +180,7 @@ class ProgressCallback(Callback):
             import yaml
 
             try:
-                saved = yaml.safe_load((Path(self.experiment_path) / SWEEP_FILE).read_text()) or {}
+                saved = yaml.safe_load(storage.read_text(storage.join(self.experiment_path, SWEEP_FILE))) or {}
                 self._scheduler = str((saved.get("search") or {}).get("scheduler") or "scheduler")
             except (OSError, yaml.YAMLError):
                 self._scheduler = "scheduler"
@@ -264,31 +267,29 @@ class ProgressCallback(Callback):
             try:
                 from raysweep import config as C
 
-                _, sweep, trials = C.load(Path(self.experiment_path) / SWEEP_FILE)
+                _, sweep, trials = C.load(storage.join(self.experiment_path, SWEEP_FILE))
                 self.total = C.trial_count(sweep, trials)
             except Exception:  # noqa: BLE001 - only a count for the header: the trials seen so far will do
                 self.total = 0
         return self.total
 
-    def write_csv(self) -> Path:
-        path = Path(self.experiment_path) / TRIALS_FILE
+    def write_csv(self) -> str:
+        path = storage.join(self.experiment_path, TRIALS_FILE)
         # task metrics are named by the tasks (task/<task>/<metric>): every one any trial reported
         metric_keys = list(M.ALL_METRICS) + [k for k in _task_keys(self.records.values()) if k not in M.ALL_METRICS]
         cell_keys = sorted({k for r in self.records.values() for k in r.cell})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # written whole, then renamed: a driver killed mid-write leaves the previous complete file
-        partial = path.with_name(path.name + ".partial")
-        with partial.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["trial_id", "status", "stopped_by", "adapter.type", "adapter.r", "train.seed",
-                        *[f"cell/{k}" for k in cell_keys], *metric_keys, M.CHECKPOINT_PATH, "error", "trial_path",
-                        "launched_at", "ended_at"])
-            for r in self.records.values():
-                w.writerow([r.trial_id, r.status, r.stopped_by, r.resolved["adapter"]["type"], r.resolved["adapter"]["r"],
-                            r.resolved["train"]["seed"], *[r.cell.get(k, "") for k in cell_keys],
-                            *[r.last.get(k, "") for k in metric_keys], checkpoint_of(r),
-                            r.error, r.path, r.launched_at or "", r.ended_at or ""])
-        os.replace(partial, path)
+        # written whole (storage.write_text): a driver killed mid-write leaves the previous complete file
+        f = io.StringIO(newline="")
+        w = csv.writer(f)
+        w.writerow(["trial_id", "status", "stopped_by", "adapter.type", "adapter.r", "train.seed",
+                    *[f"cell/{k}" for k in cell_keys], *metric_keys, M.CHECKPOINT_PATH, "error", "trial_path",
+                    "launched_at", "ended_at"])
+        for r in self.records.values():
+            w.writerow([r.trial_id, r.status, r.stopped_by, r.resolved["adapter"]["type"], r.resolved["adapter"]["r"],
+                        r.resolved["train"]["seed"], *[r.cell.get(k, "") for k in cell_keys],
+                        *[r.last.get(k, "") for k in metric_keys], checkpoint_of(r),
+                        r.error, r.path, r.launched_at or "", r.ended_at or ""])
+        storage.write_text(path, f.getvalue())
         self.write_baselines()
         return path
 
@@ -299,11 +300,11 @@ class ProgressCallback(Callback):
         records = []
         for file in sorted(files):
             try:
-                records.append(json.loads(Path(file).read_text()))
+                records.append(json.loads(storage.read_text(file)))
             except (OSError, json.JSONDecodeError):
                 continue  # e.g. storage not mounted here: the trials' own numbers are all in trials.csv
         if records:
-            merge_baselines(Path(self.experiment_path), records)
+            merge_baselines(self.experiment_path, records)
 
 
 def _task_keys(records) -> list[str]:
@@ -324,15 +325,16 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
-def earlier_times(path: Path) -> dict[str, tuple[float | None, float | None]]:
+def earlier_times(path: str | Path) -> dict[str, tuple[float | None, float | None]]:
     """trial id -> (launched_at, ended_at) recorded in a trials.csv, {} if there is none."""
-    if not path.is_file():
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError:
         return {}
     times = {}
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            launched, ended = row.get("launched_at"), row.get("ended_at")
-            times[row["trial_id"]] = (float(launched) if launched else None, float(ended) if ended else None)
+    for row in csv.DictReader(io.StringIO(text, newline="")):
+        launched, ended = row.get("launched_at"), row.get("ended_at")
+        times[row["trial_id"]] = (float(launched) if launched else None, float(ended) if ended else None)
     return times
 
 
@@ -385,6 +387,15 @@ def _other_axes(records) -> list[str]:
     return [k for k in dict.fromkeys(k for rec in records for k in rec.cell) if k not in shown]
 
 
+def trial_location(trial, experiment_path: str) -> str:
+    """Where a trial's directory is, as a user would give it: Ray keeps an object-store one as a path on its
+    filesystem (no scheme); it is the experiment's location joined with the directory's name."""
+    path = getattr(trial, "path", "") or ""
+    if path and storage.is_uri(experiment_path):
+        return storage.join(experiment_path, Path(path).name)
+    return path
+
+
 def read_error(trial_path: str) -> str:
     """The last line of a trial's error file: our TrialFailed reason."""
     path = Path(trial_path) / ERROR_FILE if trial_path else None
@@ -430,6 +441,6 @@ def print_summary(console: Console, records: dict[str, TrialRecord], experiment_
             console.print(Text(f"  task metrics missing for {r.trial_id} ({describe(r)}): {r.last[M.TASK_ERRORS]}",
                                style="yellow"))
     console.print(f"experiment: {experiment_path}")
-    console.print(f"trial table: {Path(experiment_path) / TRIALS_FILE}")
+    console.print(f"trial table: {storage.join(experiment_path, TRIALS_FILE)}")
     console.print(f"resume:  python -m raysweep resume {experiment_path}")
     console.print(f"analyze: python -m raysweep analyze {experiment_path}")

@@ -22,6 +22,7 @@ from typing import Any
 
 from raysweep.config.schema import TrackingConfig
 from raysweep.experiment import metrics as M
+from raysweep.experiment import storage
 from raysweep.experiment.layout import MLFLOW_ARTIFACTS, MLFLOW_DB
 
 INSTALL = "pip install -e '.[track]'"
@@ -79,19 +80,22 @@ def _server_problem(uri: str) -> str | None:
 
 def callbacks(tracking: TrackingConfig, experiment_path: str) -> list:
     """Tune callbacks for the trackers asked for (none: [])."""
-    name = Path(experiment_path).name
+    name = storage.name_of(experiment_path)
+    # the trackers' local files (offline W&B runs, MLflow's sqlite store) beside the experiment; an experiment
+    # in object storage keeps them in its local mirror (a database cannot live in an object store)
+    local = storage.mirror_of(experiment_path)
     out: list = []
     if tracking.wandb is not None and tracking.wandb.mode != "disabled":
         # group: the sweep. Runs (offline ones until `wandb sync`) go to <experiment>/wandb/ unless WANDB_DIR
         # says otherwise: Ray's logging actor works in Ray's temporary session directory
-        where = {} if os.environ.get("WANDB_DIR") else {"dir": str(Path(experiment_path).resolve())}
+        where = {} if os.environ.get("WANDB_DIR") else {"dir": str(local)}
         out.append(tracker_class("WandbTracker")(project=tracking.wandb.project, group=tracking.wandb.group or name,
                                                  mode=tracking.wandb.mode, **where))
     if tracking.mlflow is not None:
         # a dead server must not stall the driver for minutes of HTTP retries per metric
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        local = Path(experiment_path).resolve()
+        local.mkdir(parents=True, exist_ok=True)
         tracker = tracker_class("MlflowTracker")(tracking_uri=tracking.mlflow.tracking_uri or f"sqlite:///{local / MLFLOW_DB}",
                                                  experiment_name=tracking.mlflow.experiment or name)
         # a local store keeps its artifacts beside it (MLflow's default is ./mlruns of the current directory);

@@ -125,7 +125,7 @@ def setup_context(config: dict[str, Any], session: Session, train_set, eval_set,
             yield {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
 
     # the sweep's storage root (shared storage on a cluster); outside a sweep, the local cache
-    store = Path(config.get("_store") or default_cache_dir())
+    store = str(config.get("_store") or default_cache_dir())  # a directory or an object-store URI
     return TrialContext(config=config, device=device, batches=batches, store=store, world_rank=session.world_rank,
                         train_set=train_set,
                         evaluate=lambda m: evaluate(m, eval_set, config, session, pad_id))

@@ -107,7 +107,7 @@ class MemberRun:
         if self.evaluate_cfg.get("baseline") and self.state["step"] == 0:
             from raysweep.inputs.cache import default_cache_dir
 
-            store = Path(self.config.get("_store") or default_cache_dir())
+            store = str(self.config.get("_store") or default_cache_dir())
             with loop.timed(self.timing, M.SYS_BASELINE_S), self.engine.pack.alone(self.member):
                 self.static |= loop.baseline_metrics(self.model, self.engine.tokenizer, self.config,
                                                      self.engine.eval_set, store, self.engine.device)

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from raysweep.experiment import storage
 from raysweep.experiment.layout import BASELINE_FILE, BASELINES_DIR
 from raysweep.trial.task_eval import task_metrics
 
@@ -33,24 +34,26 @@ def baseline_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def base_metrics(model, tokenizer, config: dict[str, Any], eval_set, store: Path,
-                 device=None) -> tuple[dict[str, Any], Path, bool]:
-    """(the base's task metrics, the file they are kept in, whether this call computed them)."""
-    from raysweep.inputs.cache import build_once
+def base_metrics(model, tokenizer, config: dict[str, Any], eval_set, store: str | Path,
+                 device=None) -> tuple[dict[str, Any], str, bool]:
+    """(the base's task metrics, the file they are kept in (in the storage: the driver, maybe on another
+    node, reads it), whether this call computed them)."""
+    from raysweep.inputs.cache import build_once_shared
 
-    directory = Path(store) / BASELINES_DIR / baseline_key(config)
+    key = baseline_key(config)
     computed: list[bool] = []
 
     def build(tmp: Path) -> None:
         with model.disable_adapter():  # the untuned base: the adapted layers add nothing
             metrics = task_metrics(model, tokenizer, config, eval_set, device)
         computed.append(True)
-        record = {"key": directory.name, "model": config["model"]["name_or_path"], "model_config": config["model"],
+        record = {"key": key, "model": config["model"]["name_or_path"], "model_config": config["model"],
                   "evaluate": config.get("evaluate"), "metrics": metrics}
         (tmp / BASELINE_FILE).write_text(json.dumps(record, indent=2, default=str))
 
     # kept with its failed parts too (their reasons under task/errors): one baseline per sweep, as every trial
     # sees it; delete <storage>/baselines/ to compute it again once the dataset can be reached
-    build_once(directory, build)
+    directory = build_once_shared(store, f"{BASELINES_DIR}/{key}", build)
     record = json.loads((directory / BASELINE_FILE).read_text())
-    return record["metrics"], directory / BASELINE_FILE, bool(computed)
+    kept = storage.join(store, BASELINES_DIR, key, BASELINE_FILE) if storage.is_uri(store) else directory / BASELINE_FILE
+    return record["metrics"], str(kept), bool(computed)

@@ -168,7 +168,7 @@ class MaskedAdapter(LoraAdapter):
         t0 = time.perf_counter()
         self.layers = pruned_layers(model, self.options.prune_modules)
         masks, self.stats, computed = mask_store.get_or_compute(
-            context.store / mask_store.MASKS_DIR, self.mask_key(context), lambda: self.compute_masks(model, context))
+            context.store, self.mask_key(context), lambda: self.compute_masks(model, context))
         self.masks = masks
         install_masks(self.layers, masks)
         return {M.MASK_TARGET_SPARSITY: self.options.sparsity, M.MASK_ACHIEVED_SPARSITY: self.stats["sparsity"],

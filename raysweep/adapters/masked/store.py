@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from raysweep.adapters.masked.options import MaskOptions
-from raysweep.experiment.layout import MASKS_DIR  # noqa: F401 - <storage>/masks/, shared by every sweep there
+from raysweep.experiment.layout import MASKS_DIR  # <storage>/masks/, shared by every sweep there
 from raysweep.inputs import data, model_cache
-from raysweep.inputs.cache import build_once
+from raysweep.inputs.cache import build_once_shared
 
 MASKS_FILE = "masks.safetensors"
 STATS_FILE = "stats.json"
@@ -65,10 +65,11 @@ def entry_name(key: dict[str, Any]) -> str:
     return f"{key['importance']}-{kind}-s{key['sparsity']:g}-{digest}"
 
 
-def get_or_compute(root: Path, key: dict[str, Any],
+def get_or_compute(store: str | Path, key: dict[str, Any],
                    compute: Callable[[], tuple[dict, dict]]) -> tuple[dict, dict[str, Any], bool]:
     """(keep-masks, stats, computed_now). `compute()` returns (masks, histogram) and runs at most once
-    per key across processes sharing `root`."""
+    per key across processes sharing the storage root `store` (a directory, or an object-store URI whose
+    entries each node keeps a local copy of: inputs/cache.build_once_shared)."""
     from safetensors.torch import load_file, save_file
 
     computed = []
@@ -82,12 +83,11 @@ def get_or_compute(root: Path, key: dict[str, Any],
         stats = {"key": key, "seconds": round(time.perf_counter() - t0, 3), **mask_stats(masks)}
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2))
         (tmp / HISTOGRAM_FILE).write_text(json.dumps(histogram))
-        with (root / COMPUTATIONS_LOG).open("a") as log:
+        with (tmp.parent / COMPUTATIONS_LOG).open("a") as log:  # tmp is built beside the entry's place
             log.write(json.dumps({"entry": entry_name(key), "time": time.time(), "seconds": stats["seconds"]}) + "\n")
         computed.append(True)
 
-    root.mkdir(parents=True, exist_ok=True)
-    directory = build_once(root / entry_name(key), build)
+    directory = build_once_shared(store, f"{MASKS_DIR}/{entry_name(key)}", build)
     masks = {n: m.bool() for n, m in load_file(str(directory / MASKS_FILE)).items()}
     stats = json.loads((directory / STATS_FILE).read_text())
     return masks, stats, bool(computed)
