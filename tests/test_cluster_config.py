@@ -23,6 +23,7 @@ import yaml
 from tests.conftest import ROOT
 
 AWS = ROOT / "cluster.yaml"
+AWS_S3 = ROOT / "cluster" / "aws-s3.yaml"  # the same AWS cluster with an S3 bucket instead of EFS
 LOCAL = ROOT / "cluster" / "local.yaml"
 SHARED_MOUNT = "/mnt/shared"
 
@@ -40,7 +41,7 @@ def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-@pytest.fixture(scope="module", params=[AWS, LOCAL], ids=["aws", "local"])
+@pytest.fixture(scope="module", params=[AWS, AWS_S3, LOCAL], ids=["aws", "aws-s3", "local"])
 def config(request) -> tuple[Path, dict, dict]:
     raw = load(request.param)
     return request.param, raw, ray_validated(raw)
@@ -149,8 +150,9 @@ def ray_default_inbound_rules(security_group_ids: set[str], extra_rules: list[di
     return namespace["_create_default_inbound_rules"](security_group_ids, extra_rules)
 
 
-def test_aws_only_ssh_is_open_to_the_outside():
-    raw = load(AWS)
+@pytest.mark.parametrize("aws", [AWS, AWS_S3], ids=["efs", "s3"])
+def test_aws_only_ssh_is_open_to_the_outside(aws):
+    raw = load(aws)
     prepared = ray_validated(raw)
     for name, node_type in prepared["available_node_types"].items():
         # no user-made group: Ray's managed group (with the rules checked below) is what nodes get
@@ -166,8 +168,9 @@ def test_aws_only_ssh_is_open_to_the_outside():
     assert all(set(r["UserIdGroupPairs"][0]) == {"GroupId"} for r in within), within  # node to node only
 
 
-def test_aws_cpu_head_runs_the_driver_and_no_trials():
-    prepared = ray_validated(load(AWS))
+@pytest.mark.parametrize("aws", [AWS, AWS_S3], ids=["efs", "s3"])
+def test_aws_cpu_head_runs_the_driver_and_no_trials(aws):
+    prepared = ray_validated(load(aws))
     head = prepared["available_node_types"][prepared["head_node_type"]]
     # CPU 0 and no GPU: Ray places no trial on the head; the Tune driver (`raysweep run` on the head,
     # not a Ray task) needs none. On-demand: a spot reclaim never takes the driver or the autoscaler.
@@ -177,8 +180,9 @@ def test_aws_cpu_head_runs_the_driver_and_no_trials():
     assert head.get("max_workers", 0) == 0 and head.get("min_workers", 0) == 0
 
 
-def test_aws_gpu_spot_workers_scale_from_zero():
-    raw = load(AWS)
+@pytest.mark.parametrize("aws", [AWS, AWS_S3], ids=["efs", "s3"])
+def test_aws_gpu_spot_workers_scale_from_zero(aws):
+    raw = load(aws)
     prepared = ray_validated(raw)
     workers = {k: v for k, v in prepared["available_node_types"].items() if k != prepared["head_node_type"]}
     assert len(workers) == 1
@@ -201,8 +205,25 @@ def test_aws_storage_is_shared_by_every_node():
     assert f"--storage {SHARED_MOUNT}/ray_results" in (ROOT / "docs" / "cluster.md").read_text()
 
 
-def test_aws_head_can_launch_workers():
-    prepared = ray_validated(load(AWS))
+def test_aws_s3_cluster_shares_a_bucket_not_a_file_system():
+    """cluster/aws-s3.yaml: no NFS mount anywhere; workers get an instance role (they upload checkpoints
+    themselves), the head Ray's own; the guide's sweep command stores to s3://."""
+    prepared = ray_validated(load(AWS_S3))
+    for kind, commands in node_setup(prepared).items():
+        assert not [c for c in commands if "mount" in c or "nfs" in c], (kind, commands)
+    types = prepared["available_node_types"]
+    head = types[prepared["head_node_type"]]["node_config"]
+    assert "IamInstanceProfile" not in head  # `ray up` gives the head its own (EC2 + S3) role
+    for name, node_type in types.items():
+        if name != prepared["head_node_type"]:
+            assert node_type["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::"), name
+    assert "--storage s3://" in AWS_S3.read_text()
+    assert "--storage s3://" in (ROOT / "docs" / "cluster.md").read_text()
+
+
+@pytest.mark.parametrize("aws", [AWS, AWS_S3], ids=["efs", "s3"])
+def test_aws_head_can_launch_workers(aws):
+    prepared = ray_validated(load(aws))
     assert any("boto3" in c for c in prepared["head_setup_commands"])  # the autoscaler calls EC2
     [head_start] = [c for c in prepared["head_start_ray_commands"] if "ray start" in c]
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head_start

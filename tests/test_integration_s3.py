@@ -74,10 +74,12 @@ def killed_and_resumed(s3, tmp_path_factory, builtin_model_dir, builtin_task_fil
     kill_driver(proc)
     before = {"saved": saved, "objects": keys(s3, BUCKET, prefix + "/"), "trials": trials_in_s3(s3, prefix)}
     resumed = run_cli("resume", experiment)
+    evaluated = run_cli("eval", experiment, "--best", "--generation", "--limit", "8", "--no-baseline")
     analyzed = run_cli("analyze", experiment)
     exported = run_cli("export", experiment, "--best", "--out", root / "export")
+    reported = run_cli("report", experiment)
     return {"root": root, "experiment": experiment, "prefix": prefix, "before": before, "resumed": resumed,
-            "analyzed": analyzed, "exported": exported, "log": log}
+            "evaluated": evaluated, "analyzed": analyzed, "exported": exported, "reported": reported, "log": log}
 
 
 def test_resume_from_s3_finishes_the_killed_sweep_with_nothing_lost(s3, killed_and_resumed):
@@ -112,15 +114,21 @@ def test_resume_from_s3_finishes_the_killed_sweep_with_nothing_lost(s3, killed_a
         assert rows[trial_id]["ended_at"] == earlier[trial_id]["ended_at"] != ""
 
 
-def test_analyze_and_export_read_the_experiment_from_s3(s3, killed_and_resumed):
+def test_eval_analyze_export_and_report_read_the_experiment_from_s3(s3, killed_and_resumed):
     k = killed_and_resumed
-    assert k["analyzed"].returncode == 0, k["analyzed"].stdout[-3000:] + k["analyzed"].stderr[-3000:]
+    for step in ("evaluated", "analyzed", "reported"):
+        assert k[step].returncode == 0, k[step].stdout[-3000:] + k[step].stderr[-3000:]
     objects = keys(s3, BUCKET, k["prefix"] + "/")
+    # eval wrote the best checkpoint's task metrics into it, in the object store; analyze read them back
+    evaluated = [key for key in objects if key.endswith("/task_metrics.json")]
+    assert len(evaluated) == 1 and f"wrote s3://{BUCKET}/{evaluated[0]}" in " ".join(k["evaluated"].stdout.split())
+    assert f"wrote {k['experiment']}/report.html" in k["reported"].stdout
     # analyze wrote its tables and report back beside the experiment, in the object store
     for name in ("summary.csv", "summary_table.md", "pareto.csv", "report.html"):
         assert f"{k['prefix']}/{name}" in objects, name
     summary = list(csv.DictReader(io.StringIO(read(s3, BUCKET, f"{k['prefix']}/summary.csv").decode())))
     assert {r["status"] for r in summary} == {"TERMINATED"} and len(summary) == 2
+    assert sum(bool(r.get("gen/exact_match")) for r in summary) == 1
     proc = k["exported"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = k["root"] / "export"
@@ -180,3 +188,27 @@ def test_two_ray_start_nodes_share_s3_storage_instead_of_a_directory(s3, tmp_pat
     analyzed = run_cli("analyze", f"s3://{BUCKET}/cluster/shared")
     assert analyzed.returncode == 0, analyzed.stdout[-3000:] + analyzed.stderr[-3000:]
     assert "cluster/shared/summary.csv" in keys(s3, BUCKET, "cluster/shared/")
+
+
+@pytest.mark.parametrize("executor", ["resources.executor=train", "resources.pack=2"], ids=["train", "packed"])
+def test_train_executor_and_packed_trials_store_to_s3(s3, tmp_path, executor, builtin_model_dir,
+                                                      builtin_task_files):
+    """Ray Train's runs (train_runs/ under the experiment) and the packed trials' relayed checkpoints land
+    in the object store too, and export's check reloads the best one from there."""
+    grid = tmp_path / "shared.yaml"
+    grid.write_text(GRID)
+    name = executor.split("=")[0].split(".")[-1]
+    proc = run_cli("run", grid, executor, "--storage", f"s3://{BUCKET}/executors", "--name", name)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = trials_in_s3(s3, f"executors/{name}")
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"TERMINATED"}
+    expected = f"s3://{BUCKET}/executors/{name}/" + ("train_runs/train-" if name == "executor" else "")
+    for row in rows:
+        assert row[M.CHECKPOINT_PATH].startswith(expected), row[M.CHECKPOINT_PATH]
+        checkpoint = row[M.CHECKPOINT_PATH].removeprefix(f"s3://{BUCKET}/")
+        assert json.loads(read(s3, BUCKET, f"{checkpoint}/metrics.json"))[M.TRAIN_STEP] == 30
+    if name == "pack":
+        assert len({r[M.SYS_PACK] for r in rows}) == 1  # both trained in one pack worker
+    exported = run_cli("export", f"s3://{BUCKET}/executors/{name}", "--best", "--out", tmp_path / "export")
+    assert exported.returncode == 0, exported.stdout[-3000:] + exported.stderr[-3000:]
+    assert "relative difference" in exported.stdout

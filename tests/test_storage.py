@@ -61,6 +61,17 @@ def test_relocate_maps_recorded_checkpoints_under_the_local_copy(tmp_path, recor
     assert storage.relocate(recorded, root, mirror) == expected.replace("MIRROR", str(mirror))
 
 
+@pytest.mark.parametrize(("path", "location", "expected"), [
+    ("sweeps/runs/exp/train_runs/train-t0/checkpoint_step000040", "s3://sweeps/runs/exp",
+     "s3://sweeps/runs/exp/train_runs/train-t0/checkpoint_step000040"),
+    ("s3://sweeps/runs/exp/t0/checkpoint_000001", "s3://sweeps/runs/exp", "s3://sweeps/runs/exp/t0/checkpoint_000001"),
+    ("other/runs/exp/t0", "s3://sweeps/runs/exp", "other/runs/exp/t0"),
+    ("/data/runs/exp/t0/checkpoint_000001", "/data/runs/exp", "/data/runs/exp/t0/checkpoint_000001"),
+])
+def test_paths_ray_reports_without_a_scheme_become_uris(path, location, expected):
+    assert storage.in_store(path, location) == expected
+
+
 def test_mirror_is_under_the_cache_and_drops_the_query(monkeypatch, tmp_path):
     monkeypatch.setenv("RAYSWEEP_CACHE", str(tmp_path))
     assert storage.mirror_of("s3://sweeps/runs/exp?scheme=http") == tmp_path / "storage" / "s3" / "sweeps" / "runs" / "exp"
@@ -150,3 +161,16 @@ def test_plan_stops_a_missing_bucket_and_an_unreachable_store(s3, tmp_path):
     assert "storage: cannot reach s3://sweeps/runs" in out and "AWS_ENDPOINT_URL" in out
     proc = _plan(grid)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    (["resume"], "s3://sweeps/nothing/here: no such directory; give the experiment path printed by `raysweep run`"),
+    (["analyze"], "s3://sweeps/nothing/here: nothing stored there"),
+    (["export", "--best", "--out", "OUT"], "s3://sweeps/nothing/here: nothing stored there"),
+])
+def test_commands_name_an_empty_object_store_location(s3, tmp_path, command, expected):
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in command]
+    proc = subprocess.run([sys.executable, "-m", "raysweep", args[0], "s3://sweeps/nothing/here", *args[1:]],
+                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, COLUMNS="200"), timeout=300)
+    out = " ".join((proc.stderr + proc.stdout).split())
+    assert proc.returncode == 2 and "Traceback" not in out and expected in out, out

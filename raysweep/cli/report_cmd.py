@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from raysweep.cli.console import EXIT_OK, BadInput, console
+from raysweep.experiment import storage
 
 DEFAULT_PORT = 8365  # near Ray's dashboard (8265), not on it
 DEFAULT_INTERVAL_S = 10.0
@@ -44,10 +45,11 @@ class ReportWatcher:
     """Serves `<experiment>/report.html` on 127.0.0.1:`port` (0: any free port) and rewrites it every
     `interval_s` when the experiment's files changed (analysis.report_build.inputs_signature)."""
 
-    def __init__(self, experiment: Path, port: int, interval_s: float):
+    def __init__(self, experiment: Path, port: int, interval_s: float, location: str | None = None):
         from analysis.report_build import report_path
 
-        self.experiment, self.interval_s = experiment, interval_s
+        # `location`: the experiment in object storage, `experiment` then its local mirror (pulled each time)
+        self.experiment, self.interval_s, self.location = experiment, interval_s, location
         self.page = report_path(experiment)
         try:
             self.server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self.page))
@@ -66,6 +68,8 @@ class ReportWatcher:
     def rewrite_if_changed(self) -> bool:
         from analysis.report_build import inputs_signature, write_experiment_report
 
+        if self.location:
+            storage.pull(self.location)  # only what changed is downloaded
         signature = inputs_signature(self.experiment)
         if signature == self._signature and self.page.is_file():
             return False
@@ -99,16 +103,20 @@ def cmd_report(args) -> int:
     from analysis.load import ResultsError
     from analysis.report_build import write_experiment_report
 
-    experiment = Path(args.experiment).expanduser()
+    location = args.experiment if storage.is_uri(args.experiment) else None
+    experiment = storage.mirror_of(location) if location else Path(args.experiment).expanduser()
     interval = float(getattr(args, "interval", None) or DEFAULT_INTERVAL_S)
     if interval <= 0:
         raise BadInput(f"report: --interval must be a positive number of seconds, got {interval:g}")
     try:
         if not getattr(args, "watch", False):
-            console.print(f"wrote {write_experiment_report(experiment)}", markup=False, highlight=False)
+            with storage.opened(location or experiment) as local:  # an object store's copy gets the page too
+                written = write_experiment_report(local)
+            shown = storage.shown(written, experiment, location) if location else written
+            console.print(f"wrote {shown}", markup=False, highlight=False)
             return EXIT_OK
         port = getattr(args, "port", None)
-        watcher = ReportWatcher(experiment, DEFAULT_PORT if port is None else int(port), interval)
+        watcher = ReportWatcher(experiment, DEFAULT_PORT if port is None else int(port), interval, location)
         watcher.start()
     except ResultsError as exc:
         raise BadInput(str(exc)) from None

@@ -62,13 +62,22 @@ def _info(location: str | Path):
     return fs.get_file_info(path)
 
 
+def _local(location: str | Path) -> Path:
+    return Path(os.path.expanduser(str(location)))
+
+
+# local locations use the standard library: no pyarrow import in a command that never touches a store
 def exists(location: str | Path) -> bool:
+    if not is_uri(location):
+        return _local(location).exists()
     import pyarrow.fs as pafs
 
     return _info(location).type != pafs.FileType.NotFound
 
 
 def is_file(location: str | Path) -> bool:
+    if not is_uri(location):
+        return _local(location).is_file()
     import pyarrow.fs as pafs
 
     return _info(location).type == pafs.FileType.File
@@ -76,10 +85,10 @@ def is_file(location: str | Path) -> bool:
 
 def is_dir(location: str | Path) -> bool:
     """A directory (on an object store: a prefix that holds at least one object)."""
+    if not is_uri(location):
+        return _local(location).is_dir()
     import pyarrow.fs as pafs
 
-    if not is_uri(location):
-        return Path(os.path.expanduser(str(location))).is_dir()
     fs, path = filesystem(location)
     if fs.get_file_info(path).type == pafs.FileType.Directory:
         return True
@@ -88,10 +97,10 @@ def is_dir(location: str | Path) -> bool:
 
 def bucket_exists(location: str | Path) -> bool:
     """Whether the bucket of an object-store location exists (a local location: True)."""
-    import pyarrow.fs as pafs
-
     if not is_uri(location):
         return True
+    import pyarrow.fs as pafs
+
     fs, path = filesystem(location)
     return fs.get_file_info(path.split("/", 1)[0]).type != pafs.FileType.NotFound
 
@@ -154,10 +163,10 @@ def mirror_of(location: str | Path) -> Path:
 def pull(location: str | Path, local: Path | None = None) -> Path:
     """Bring everything under `location` into its mirror (or `local`), downloading only files that are new
     or differ in size or time from the mirror's copy; files gone from the store stay (a cache)."""
-    import pyarrow.fs as pafs
-
     if not is_uri(location):
         return mirror_of(location)
+    import pyarrow.fs as pafs
+
     local = local or mirror_of(location)
     fs, root = filesystem(location)
     listing = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=True))
@@ -234,6 +243,15 @@ def location_of(checkpoint) -> str:
     kind = getattr(fs, "type_name", "local")
     path = str(checkpoint.path)
     return path if kind == "local" or "://" in path else f"{kind}://{path}"
+
+
+def in_store(path: str, location: str | Path) -> str:
+    """A path Ray reported inside the object-store `location` without its scheme ("bucket/prefix/…", as
+    Ray Train reports checkpoints), as a URI; anything else unchanged."""
+    if not path or not is_uri(location) or "://" in path:
+        return path
+    scheme, rest = str(location).split("?", 1)[0].split("://", 1)
+    return f"{scheme}://{path}" if path == rest.rstrip("/") or path.startswith(rest.rstrip("/") + "/") else path
 
 
 def relocate(recorded: str, recorded_root: str | None, root: str | Path) -> str:

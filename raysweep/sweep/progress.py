@@ -287,7 +287,7 @@ class ProgressCallback(Callback):
         for r in self.records.values():
             w.writerow([r.trial_id, r.status, r.stopped_by, r.resolved["adapter"]["type"], r.resolved["adapter"]["r"],
                         r.resolved["train"]["seed"], *[r.cell.get(k, "") for k in cell_keys],
-                        *[r.last.get(k, "") for k in metric_keys], checkpoint_of(r),
+                        *[r.last.get(k, "") for k in metric_keys], storage.in_store(checkpoint_of(r), self.experiment_path),
                         r.error, r.path, r.launched_at or "", r.ended_at or ""])
         storage.write_text(path, f.getvalue())
         self.write_baselines()
