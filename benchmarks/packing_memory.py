@@ -1,6 +1,6 @@
 """Packed trials on a ≥ 30M-parameter base: memory and time vs today (issue "Packed trials", case b, in-process).
 
-    .venv/bin/python benchmarks/packing_memory.py [--steps 5]
+    .venv/bin/python benchmarks/packing_memory.py [--steps 5] [--checkpointing] [--vocab 151936 --tied]
 
 A Llama-shaped base with random weights made here (hidden 512, 8 layers, MLP 2048: 33.6M parameters, the
 builtin tokenizer), 8 LoRA configurations (r 4/8/16/32 × seed 0/1, all-linear), batch 4 × 128 tokens of the
@@ -8,7 +8,11 @@ builtin token corpus, `--steps` steps each, evaluation at step 0 and at the end 
 1. today: 2 slots, each a process (1 torch thread) that loads the base once and runs its 4 trials one after
    another (the actor executor without Ray);
 2. pack 8: one process with both CPUs (2 torch threads) that trains all 8 as one pack.
-`--checkpointing` turns train.gradient_checkpointing on in both. Reported: wall time, and total peak RSS (sum over the processes running at once) with the ratios.
+`--checkpointing` turns train.gradient_checkpointing on in both. `--vocab N` gives the model a real
+tokenizer-sized output layer (151936: Qwen2.5's; `--tied`: tied to the embeddings, as Qwen2.5-0.5B), where the
+logits, not the layers' activations, dominate a step's memory; then the pack also runs with its logits made
+for the whole batch at once (the fallback, `pack 8, whole-batch logits`) to show what making them member by
+member saves. Reported: wall time, and total peak RSS (sum over the processes running at once) with the ratios.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ import torch
 threads, mode, model_dir, steps, cells, gc = (int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]),
                                               json.loads(sys.argv[5]), sys.argv[6] == "1")
 torch.set_num_threads(threads)
+if mode == "pack-whole":  # the fallback for models whose logits are not their output layer alone
+    from raysweep.trial import packing
+    packing.head_splits = lambda runner: False
 from raysweep.config import grid as G
 from raysweep.experiment import metrics as M
 from raysweep.inputs import model_cache
@@ -59,15 +66,16 @@ print(json.dumps({"seconds": time.perf_counter() - t0,
 """
 
 
-def make_model(directory: Path) -> Path:
+def make_model(directory: Path, vocab: int = 307, tied: bool = False) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from raysweep.inputs.builtin import ensure_builtin_model
 
     builtin = ensure_builtin_model()
-    config = LlamaConfig(vocab_size=307, hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
+    # a vocabulary larger than the builtin tokenizer's 307 tokens: the ids stay < 307, the logits span it all
+    config = LlamaConfig(vocab_size=vocab, hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
                          num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
-                         tie_word_embeddings=False)
+                         tie_word_embeddings=tied)
     model = LlamaForCausalLM(config)
     model.save_pretrained(directory)
     for f in builtin.iterdir():
@@ -90,21 +98,28 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--checkpointing", action="store_true", help="train.gradient_checkpointing on (both)")
+    parser.add_argument("--vocab", type=int, default=307, help="output vocabulary (151936: Qwen2.5's)")
+    parser.add_argument("--tied", action="store_true", help="output layer tied to the embeddings")
     args = parser.parse_args()
     cells = [[r, s] for r in (4, 8, 16, 32) for s in (0, 1)]
     from raysweep.inputs.builtin import ensure_builtin_tokens
 
     ensure_builtin_tokens()
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_model(Path(tmp) / "llama33m")
+        model_dir = make_model(Path(tmp) / "llama", args.vocab, args.tied)
         today = run([(1, "alone", cells[:4]), (1, "alone", cells[4:])], model_dir, args.steps, args.checkpointing)
         packed = run([(2, "pack", cells)], model_dir, args.steps, args.checkpointing)
-    print(json.dumps({"steps": args.steps, "gradient checkpointing": args.checkpointing, "today (2 slots × 4 trials)": {"wall_s": round(today[0], 1),
-                                                                         "peak_rss_mb": round(today[1])},
-                      "pack 8 (one process, 2 threads)": {"wall_s": round(packed[0], 1),
-                                                          "peak_rss_mb": round(packed[1])},
-                      "speed-up": round(today[0] / packed[0], 2), "memory ratio": round(packed[1] / today[1], 2)},
-                     indent=1))
+        whole = run([(2, "pack-whole", cells)], model_dir, args.steps, args.checkpointing) if args.vocab > 307 else None
+    report = {"steps": args.steps, "gradient checkpointing": args.checkpointing, "vocab": args.vocab, "tied": args.tied,
+              "today (2 slots × 4 trials)": {"wall_s": round(today[0], 1), "peak_rss_mb": round(today[1])},
+              "pack 8 (one process, 2 threads)": {"wall_s": round(packed[0], 1), "peak_rss_mb": round(packed[1]),
+                                                  "speed-up": round(today[0] / packed[0], 2),
+                                                  "memory ratio": round(packed[1] / today[1], 2)}}
+    if whole:
+        report["pack 8, whole-batch logits"] = {"wall_s": round(whole[0], 1), "peak_rss_mb": round(whole[1]),
+                                                "speed-up": round(today[0] / whole[0], 2),
+                                                "memory ratio": round(whole[1] / today[1], 2)}
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

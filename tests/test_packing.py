@@ -142,3 +142,51 @@ def test_each_member_gets_the_task_metrics_of_its_own_adapter(builtin_model_dir,
         rows = alone(cfg)
         for key in (M.GEN_EXACT_MATCH, M.GEN_F1, M.EVAL_LOSS):
             assert member.reports[-1][key] == pytest.approx(rows[-1][key], rel=1e-4), key
+
+
+@pytest.mark.parametrize("splits", [True, False], ids=["member-by-member", "whole-batch"])
+def test_a_pack_keeps_no_members_logits_for_the_backward(splits, monkeypatch, builtin_model_dir, builtin_task_files):
+    """The logits (positions × vocabulary) are what grows with the pack. Made member by member inside a
+    checkpoint, none is kept for the backward (each member's are remade there, one member at a time); the
+    whole-batch fallback (a model whose logits are not its output layer alone) keeps every member's."""
+    import torch
+    from transformers import AutoConfig
+
+    from raysweep.trial import packing
+
+    if not splits:
+        monkeypatch.setattr(packing, "head_splits", lambda runner: False)
+    vocab = AutoConfig.from_pretrained(builtin_model_dir).vocab_size
+    configs = [config("lora", cell, steps=1, dtype="float32") for cell in CELLS]
+    kept: list[int] = []
+
+    def record(t):
+        if t.dim() >= 2 and t.shape[-1] == vocab:
+            kept.append(t.numel() // vocab)  # positions whose logits (or log-probabilities) are kept
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
+        train_pack(configs)
+    if splits:
+        assert kept == []
+    else:
+        assert len(kept) >= len(CELLS) and sum(kept) >= sum(c["batch_size"] for c in CELLS) * 2
+
+
+@pytest.mark.parametrize(("model", "splits"), [("llama", True), ("gpt2", True), ("gemma2-softcap", False)])
+def test_logits_are_split_only_where_they_are_the_output_layer_alone(model, splits):
+    """Gemma 2 soft-caps its logits after the output layer: there the pack keeps the whole batch's."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from raysweep.trial.packing import head_splits
+
+    small = {"vocab_size": 100}
+    built = {
+        "llama": lambda: LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                      num_attention_heads=2, **small)),
+        "gpt2": lambda: GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, **small)),
+        "gemma2-softcap": lambda: Gemma2ForCausalLM(Gemma2Config(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+            head_dim=16, final_logit_softcapping=30.0, **small)),
+    }[model]()
+    assert head_splits(built) is splits

@@ -106,13 +106,13 @@ def bucket_exists(location: str | Path) -> bool:
 
 
 def read_text(location: str | Path) -> str:
-    """The file's text; FileNotFoundError when there is none."""
+    """The file's text (undecodable bytes replaced); FileNotFoundError when there is none."""
     if not is_uri(location):
-        return Path(os.path.expanduser(str(location))).read_text()
+        return _local(location).read_text(errors="replace")
     fs, path = filesystem(location)
     try:
         with fs.open_input_stream(path) as f:
-            return f.read().decode()
+            return f.read().decode(errors="replace")
     except FileNotFoundError:
         raise
     except OSError as exc:  # pyarrow reports a missing object as OSError on some stores

@@ -18,6 +18,7 @@ from typing import Any
 
 from raysweep.experiment import layout as L
 from raysweep.experiment import metrics as M
+from raysweep.experiment import storage
 
 
 class EvalError(ValueError):
@@ -67,6 +68,18 @@ def experiment_of(checkpoint: Path) -> Path | None:
         if (parent / L.SWEEP_FILE).is_file():
             return parent
     return None
+
+
+def store_of(experiment: Path) -> str | Path:
+    """The storage root the experiment ran with, where its sweep's baselines are shared: the object store it
+    was written to (`experiment` is then its local mirror), else the directory holding it."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((experiment / L.SWEEP_FILE).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        saved = {}
+    return saved["storage"] if storage.is_uri(saved.get("storage")) else experiment.parent
 
 
 def sources(path: str | Path, best: bool) -> list:
@@ -132,10 +145,10 @@ def evaluate_checkpoint(checkpoint: Path, *, trial_id: str | None = None, select
     # a masked adapter's saved masks prune the base itself: switching the adapter off does not give the base
     if config["evaluate"].get("baseline") and config["adapter"]["type"] != "masked":
         experiment = experiment_of(checkpoint)
-        store = experiment.parent if experiment is not None else default_cache_dir()
+        store = store_of(experiment) if experiment is not None else default_cache_dir()
         found, path, computed = base_metrics(model, tokenizer, config, eval_set, store, device)
         log(f"baseline {'computed' if computed else 'found'}: {path}")
         result.baseline = found
         if experiment is not None:
-            L.merge_baselines(experiment, [json.loads(path.read_text())])
+            L.merge_baselines(experiment, [json.loads(storage.read_text(path))])
     return result

@@ -129,7 +129,7 @@ class ProgressCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         rec = self._record(trial)
         rec.status, rec.ended_at = "ERROR", time.time()
-        rec.error = read_error(getattr(trial, "local_path", None) or getattr(trial, "path", None) or "")
+        rec.error = read_error(getattr(trial, "local_path", None) or "", rec.path)
         self._line(rec)
         self.write_csv()
 
@@ -167,7 +167,7 @@ class ProgressCallback(Callback):
         if rec.finished:
             self._mark_stopped(rec)  # also a trial stopped in an earlier run (resume)
         if rec.status == "ERROR" and rec.error in ("", NO_ERROR_FILE):
-            rec.error = read_error(rec.local_path or rec.path)  # Tune may write error.txt after on_trial_error
+            rec.error = read_error(rec.local_path, rec.path)  # Tune may write error.txt after on_trial_error
         return rec
 
     def _mark_stopped(self, rec: TrialRecord) -> None:
@@ -396,12 +396,20 @@ def trial_location(trial, experiment_path: str) -> str:
     return path
 
 
-def read_error(trial_path: str) -> str:
-    """The last line of a trial's error file: our TrialFailed reason."""
-    path = Path(trial_path) / ERROR_FILE if trial_path else None
-    if not path or not path.is_file():
+def read_error(*trial_paths: str) -> str:
+    """The last line of a trial's error file: our TrialFailed reason. Tune writes it into the trial's
+    driver-side directory and syncs it to the storage: the first of `trial_paths` (local, or in the store)
+    that has one."""
+    text = None
+    for trial_path in (p for p in trial_paths if p):
+        try:
+            text = storage.read_text(storage.join(trial_path, ERROR_FILE))
+            break
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            continue
+    if text is None:
         return NO_ERROR_FILE
-    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         if "TrialFailed:" in line:
             return line.split("TrialFailed:", 1)[1].strip()

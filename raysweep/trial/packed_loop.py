@@ -297,10 +297,9 @@ class PackEngine:
                 batch = {k: v.to(self.device) for k, v in collate(self.eval_set[i : i + bs], self.pad_id).items()}
                 full, slices = concat_batches([batch if k in sums else None for k in range(len(self.members))],
                                               self.pad_id)
-                logits = self.pack(full, slices)
-                for k in sums:
+                for k, logits in self.pack.member_logits(full, slices):
                     start, end, _ = slices[k]
-                    sums[k] += loop.eval_sums(logits[start:end], full["labels"][start:end])
+                    sums[k] += loop.eval_sums(logits, full["labels"][start:end])
         for module, mode in zip(modules, training, strict=True):
             module.train(mode)
         seconds = time.perf_counter() - t0  # the shared pass: each member waited for all of it
@@ -333,11 +332,11 @@ class PackEngine:
                                   for k, v in collate([self.train_set[i] for i in idx], self.pad_id).items()}
             full, slices = concat_batches(drawn, self.pad_id)
             with autocast:
-                logits = self.pack(full, slices)
+                member_losses = self.pack.member_losses(full, slices)
                 totals = []
                 for r in stepping:
                     rows = slices[r.index]
-                    loss = self.pack.member_loss(logits, full["labels"], rows)
+                    loss = member_losses[r.index]
                     penalty = r.adapter.loss_penalty(r.model)
                     total = loss if penalty is None else loss + penalty
                     if not torch.isfinite(total):  # this member leaves; the others' sum stays finite

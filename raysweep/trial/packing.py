@@ -16,6 +16,11 @@ and its export are the unchanged single-trial code. Packing only changes where t
 - The loss of each member is its own mean over its own rows (the causal-LM loss of its model), and the pack
   backpropagates Σ_k loss_k once: the members' parameters are disjoint and the base is frozen and has no
   cross-example term (LayerNorm/RMSNorm are per token), so every member gets exactly its gradient alone.
+- The logits are made one member at a time (`member_losses`): the decoder runs once for the pack, then each
+  member's rows go through the output layer and the loss inside a checkpoint, so the backward remakes them
+  instead of keeping them. A pack holds one member's logits (batch × length × vocabulary: 311 MB for batch
+  4 × 128 tokens of a 152k vocabulary), not K. Used where the model's logits are exactly its output layer on
+  its decoder's hidden states (checked once on the base, `head_splits`); otherwise the whole batch's.
 
 Hand-written because no library trains several adapters in one pass: peft's mixed-adapter batches
 (`adapter_names=`) refuse training mode, mLoRA/ASPEN is Llama-only and replaces the model code.
@@ -134,6 +139,7 @@ class Pack(nn.Module):
     def __init__(self, runner: nn.Module, members: list[Member]):
         super().__init__()
         self.runner = runner
+        self.split_head = head_splits(runner)  # before any layer is packed: the bare base decides
         self.members: list[Member] = []
         self.packed: dict[str, PackedLinear] = {}  # base-model module name -> its packed layer in the runner
         self.set_members(members)
@@ -170,12 +176,80 @@ class Pack(nn.Module):
             layer.slices = slices
         return self.runner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
+    def _head_apart(self) -> bool:
+        """Whether logits can be made member by member: the model allows it and no member adapts its output
+        layer (a packed output layer computes every member's rows at once)."""
+        return self.split_head and not isinstance(self.runner.get_output_embeddings(), PackedLinear)
+
+    def _hidden(self, batch: dict[str, torch.Tensor], slices: Slices) -> list[tuple[int, torch.Tensor]]:
+        """The decoder's last hidden states, one pass for the pack, split into (member, its rows)."""
+        for layer in self.packed.values():
+            layer.slices = slices
+        hidden = self.runner.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                           use_cache=False)[0]
+        present = [(k, rows) for k, rows in enumerate(slices) if rows is not None]
+        # torch.split: one concatenation in the backward, not a zero tensor of the whole batch per member
+        parts = torch.split(hidden, [end - start for _, (start, end, _) in present])
+        return [(k, h) for (k, _), h in zip(present, parts, strict=True)]
+
+    def _loss_of(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        config = self.runner.config
+        logits = self.runner.get_output_embeddings()(hidden)
+        return self.runner.loss_function(logits=logits, labels=labels, vocab_size=config.vocab_size)
+
+    def member_losses(self, batch: dict[str, torch.Tensor], slices: Slices) -> dict[int, torch.Tensor]:
+        """Each present member's causal-LM loss over its rows (what `model(**batch).loss` gives it alone)."""
+        if not self._head_apart():
+            logits = self(batch, slices)
+            return {k: self.member_loss(logits, batch["labels"], rows) for k, rows in enumerate(slices) if rows}
+        from torch.utils.checkpoint import checkpoint
+
+        out = {}
+        for k, hidden in self._hidden(batch, slices):
+            start, end, _ = slices[k]
+            # checkpointed: its logits are freed once the loss is known and remade in the backward
+            out[k] = checkpoint(self._loss_of, hidden, batch["labels"][start:end], use_reentrant=False)
+        return out
+
+    def member_logits(self, batch: dict[str, torch.Tensor], slices: Slices) -> Iterator[tuple[int, torch.Tensor]]:
+        """(member, the logits of its rows), made one member at a time where the model allows it (eval)."""
+        if not self._head_apart():
+            logits = self(batch, slices)
+            yield from ((k, logits[rows[0]:rows[1]]) for k, rows in enumerate(slices) if rows)
+            return
+        head = self.runner.get_output_embeddings()
+        for k, hidden in self._hidden(batch, slices):
+            yield k, head(hidden)
+
     def member_loss(self, logits: torch.Tensor, labels: torch.Tensor, rows: tuple[int, int, int]) -> torch.Tensor:
         """What `model(**batch).loss` gives the member alone: transformers' causal-LM loss over its rows."""
         start, end, _ = rows
         config = self.runner.config
         return self.runner.loss_function(logits=logits[start:end], labels=labels[start:end],
                                          vocab_size=config.vocab_size)
+
+
+def head_splits(runner: nn.Module) -> bool:
+    """Whether `runner`'s logits are exactly its output layer applied to its decoder's last hidden states (no
+    logit scaling or soft-capping after it), checked on a few tokens in eval mode with no gradient."""
+    try:
+        decoder, head = runner.get_decoder(), runner.get_output_embeddings()
+        if decoder is None or head is None or decoder is runner:
+            return False
+        device = next(runner.parameters()).device
+        ids = (torch.arange(1, 9, device=device) % runner.config.vocab_size).unsqueeze(0)
+        mask = torch.ones_like(ids)
+        training = runner.training
+        runner.eval()
+        try:
+            with torch.no_grad():
+                whole = runner(input_ids=ids, attention_mask=mask).logits
+                apart = head(decoder(input_ids=ids, attention_mask=mask, use_cache=False)[0])
+        finally:
+            runner.train(training)
+        return bool(torch.equal(whole, apart))
+    except Exception:  # noqa: BLE001 - a model this does not fit: the whole batch's logits, as before
+        return False
 
 
 def concat_batches(batches: list[dict[str, torch.Tensor] | None], pad_id: int) -> tuple[dict[str, torch.Tensor], Slices]:
