@@ -32,8 +32,9 @@ CHILD = """
 import json, resource, sys, tempfile, time
 from pathlib import Path
 import torch
-threads, mode, model_dir, steps, cells, gc = (int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]),
-                                              json.loads(sys.argv[5]), sys.argv[6] == "1")
+threads, mode, model_dir, steps, cells, gc, seq, evals = (
+    int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5]), sys.argv[6] == "1",
+    int(sys.argv[7]), int(sys.argv[8]))
 torch.set_num_threads(threads)
 if mode == "pack-whole":  # the fallback for models whose logits are not their output layer alone
     from raysweep.trial import packing
@@ -46,8 +47,8 @@ from raysweep.trial.packed_loop import train_pack
 from raysweep.trial.session import LocalSession
 
 def config(r, seed):
-    raw = {"model": {"name_or_path": model_dir}, "data": {"task": "builtin_tokens", "max_seq_len": 128,
-           "max_eval_examples": 8}, "adapter": {"type": "lora", "r": r, "target_modules": "all-linear"},
+    raw = {"model": {"name_or_path": model_dir}, "data": {"task": "builtin_tokens", "max_seq_len": seq,
+           "max_eval_examples": evals}, "adapter": {"type": "lora", "r": r, "target_modules": "all-linear"},
            "train": {"max_steps": steps, "eval_every": 1000, "batch_size": 4, "eval_batch_size": 8, "lr": 1e-3,
                      "seed": seed, "log_every": 1000, "gradient_checkpointing": gc}}
     return G.trial_config(raw, {})
@@ -66,14 +67,14 @@ print(json.dumps({"seconds": time.perf_counter() - t0,
 """
 
 
-def make_model(directory: Path, vocab: int = 307, tied: bool = False) -> Path:
+def make_model(directory: Path, vocab: int = 307, tied: bool = False, hidden: int = 512, layers: int = 8) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from raysweep.inputs.builtin import ensure_builtin_model
 
     builtin = ensure_builtin_model()
     # a vocabulary larger than the builtin tokenizer's 307 tokens: the ids stay < 307, the logits span it all
-    config = LlamaConfig(vocab_size=vocab, hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
                          num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
                          tie_word_embeddings=tied)
     model = LlamaForCausalLM(config)
@@ -84,11 +85,12 @@ def make_model(directory: Path, vocab: int = 307, tied: bool = False) -> Path:
     return directory
 
 
-def run(children: list[tuple[int, str, list]], model_dir: Path, steps: int, checkpointing: bool) -> tuple[float, float]:
+def run(children: list[tuple[int, str, list]], model_dir: Path, steps: int, checkpointing: bool,
+        seq: int = 128, evals: int = 8) -> tuple[float, float]:
     """(wall seconds with the children in parallel, Σ of their peak RSS in MB)."""
     t0 = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(threads), mode, str(model_dir), str(steps),
-                               json.dumps(cells), str(int(checkpointing))], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               json.dumps(cells), str(int(checkpointing)), str(seq), str(evals)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True) for threads, mode, cells in children]
     outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     return time.perf_counter() - t0, sum(o["peak_rss_mb"] for o in outs)
@@ -100,17 +102,31 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true", help="train.gradient_checkpointing on (both)")
     parser.add_argument("--vocab", type=int, default=307, help="output vocabulary (151936: Qwen2.5's)")
     parser.add_argument("--tied", action="store_true", help="output layer tied to the embeddings")
+    parser.add_argument("--hidden", type=int, default=512, help="hidden size (MLP: 4×)")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128, help="tokens per example (batch 4)")
+    parser.add_argument("--eval-examples", type=int, default=8, help="eval blocks (at step 0 and at the end)")
+    parser.add_argument("--no-whole", action="store_true", help="skip the pack with whole-batch logits")
     args = parser.parse_args()
     cells = [[r, s] for r in (4, 8, 16, 32) for s in (0, 1)]
     from raysweep.inputs.builtin import ensure_builtin_tokens
 
     ensure_builtin_tokens()
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_model(Path(tmp) / "llama", args.vocab, args.tied)
-        today = run([(1, "alone", cells[:4]), (1, "alone", cells[4:])], model_dir, args.steps, args.checkpointing)
-        packed = run([(2, "pack", cells)], model_dir, args.steps, args.checkpointing)
-        whole = run([(2, "pack-whole", cells)], model_dir, args.steps, args.checkpointing) if args.vocab > 307 else None
-    report = {"steps": args.steps, "gradient checkpointing": args.checkpointing, "vocab": args.vocab, "tied": args.tied,
+        model_dir = make_model(Path(tmp) / "llama", args.vocab, args.tied, args.hidden, args.layers)
+        today = run([(1, "alone", cells[:4]), (1, "alone", cells[4:])], model_dir, args.steps, args.checkpointing,
+                    args.seq, args.eval_examples)
+        packed = run([(2, "pack", cells)], model_dir, args.steps, args.checkpointing, args.seq, args.eval_examples)
+        whole = (run([(2, "pack-whole", cells)], model_dir, args.steps, args.checkpointing, args.seq,
+                     args.eval_examples)
+                 if args.vocab > 307 and not args.no_whole else None)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with tempfile.TemporaryDirectory() as tmp:  # the parameter count of the shape measured
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(
+            make_model(Path(tmp) / "m", args.vocab, args.tied, args.hidden, args.layers))).parameters())
+    report = {"steps": args.steps, "seq": args.seq, "gradient checkpointing": args.checkpointing, "vocab": args.vocab, "tied": args.tied,
+              "parameters_m": round(params / 1e6, 1),
               "today (2 slots × 4 trials)": {"wall_s": round(today[0], 1), "peak_rss_mb": round(today[1])},
               "pack 8 (one process, 2 threads)": {"wall_s": round(packed[0], 1), "peak_rss_mb": round(packed[1]),
                                                   "speed-up": round(today[0] / packed[0], 2),
