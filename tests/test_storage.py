@@ -174,3 +174,11 @@ def test_commands_name_an_empty_object_store_location(s3, tmp_path, command, exp
                           capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, COLUMNS="200"), timeout=300)
     out = " ".join((proc.stderr + proc.stdout).split())
     assert proc.returncode == 2 and "Traceback" not in out and expected in out, out
+
+
+def test_a_taken_experiment_name_in_the_bucket_gets_a_suffix(s3):
+    from raysweep.cli.preflight import unique_name
+
+    storage.write_text("s3://sweeps/names/exp/raysweep.yaml", "name: exp\n")
+    assert unique_name("s3://sweeps/names", "exp") == "exp-2"
+    assert unique_name("s3://sweeps/names", "other") == "other"
