@@ -16,6 +16,7 @@ import pytest
 from raysweep.experiment import metrics as M
 from raysweep.experiment import storage
 from tests.cluster_helpers import RayStartCluster, run_cli
+from tests.conftest import ROOT
 from tests.s3_helpers import keys, make_bucket, moto_server, read, s3_env
 from tests.test_fault_injection import kill_driver, saved_state, start_cli, wait_for
 
@@ -140,13 +141,21 @@ def test_eval_analyze_export_and_report_read_the_experiment_from_s3(s3, killed_a
 
 
 def test_nothing_but_caches_is_written_locally(killed_and_resumed):
+    """raysweep's files of the experiment (its grid copy, trial table, trial directories) exist locally only in
+    the cache's mirror, which analyze/export/eval/report read; not in the default storage, the working
+    directory or anywhere else in the cache. (Ray's driver keeps its own staging copy in its session's
+    temporary directory.)"""
     k = killed_and_resumed
     cache = Path(os.environ["RAYSWEEP_CACHE"]).resolve()
-    # the only local copy of the experiment is its mirror in the cache (analyze and export read it there)
-    assert not (Path.home() / "ray_results" / "s3run").exists()
+    mirror = storage.mirror_of(k["experiment"])
+    assert mirror.is_relative_to(cache) and (mirror / "trials.csv").is_file()
+    places = [cache, ROOT, Path.home() / "ray_results", k["root"]]
+    found = [p for place in places if place.is_dir() for p in place.rglob("raysweep.yaml")
+             if "s3run" in p.parent.name]
+    assert found and all(p.is_relative_to(mirror) for p in found), found
+    # the test's own directory holds its grid, the driver's log and what it pulled or exported itself
     local = [p for p in k["root"].rglob("*") if p.is_file() and "export" not in p.parts and "state" not in p.parts]
     assert sorted(p.name for p in local) == ["run.log", "s3run.yaml"]
-    assert storage.mirror_of(k["experiment"]).is_relative_to(cache)
 
 
 GRID = """

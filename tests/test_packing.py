@@ -176,7 +176,14 @@ def test_a_pack_keeps_no_members_logits_for_the_backward(splits, monkeypatch, bu
 @pytest.mark.parametrize(("model", "splits"), [("llama", True), ("gpt2", True), ("gemma2-softcap", False)])
 def test_logits_are_split_only_where_they_are_the_output_layer_alone(model, splits):
     """Gemma 2 soft-caps its logits after the output layer: there the pack keeps the whole batch's."""
-    from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     from raysweep.trial.packing import head_splits
 

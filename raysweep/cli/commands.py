@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from raysweep import config as C
@@ -186,16 +188,16 @@ def cmd_masks(args) -> int:
 
 
 def cmd_bounds(args) -> int:
-    with _opened(args.path) as path:
-        return _bounds(args, path)
+    with _opened(args.path) as where:
+        return _bounds(args, where)
 
 
-def _bounds(args, path: Path) -> int:
+def _bounds(args, where: _Where) -> int:
     import json
 
     from raysweep.experiment.layout import TRIAL_CONFIG, find_checkpoints
 
-    checkpoints = [c for c in find_checkpoints(path)
+    checkpoints = [c for c in find_checkpoints(where.local)
                    if json.loads((c / TRIAL_CONFIG).read_text())["adapter"]["type"] == "sublora"]
     if not checkpoints:
         raise BadInput(f"{args.path}: no checkpoint of a sublora trial found there; bounds apply to "
@@ -205,10 +207,10 @@ def _bounds(args, path: Path) -> int:
     overrides = {k: v for k, v in {"bound_levels": args.levels, "bound_quantizer": args.quantizer,
                                    "bound_sample": args.sample, "bound_delta": args.delta}.items() if v is not None}
     for checkpoint in checkpoints:
-        with console.status(f"bounds of {_show(checkpoint)}"):
+        with console.status(f"bounds of {where.show(checkpoint)}"):
             report = bounds_for_checkpoint(checkpoint, **overrides)
         written = write_report(checkpoint, report)
-        console.print(f"[bold]{_show(checkpoint)}[/bold]\n{summary(report)}\nwrote {_show(written)}")
+        console.print(f"[bold]{where.show(checkpoint)}[/bold]\n{summary(report)}\nwrote {where.show(written)}")
     return 0
 
 
@@ -216,15 +218,15 @@ def cmd_export(args) -> int:
     from raysweep.offline.export import ExportError, export
 
     try:
-        with console.status(f"exporting to {args.out}"), _opened(args.path, write_back=False) as path:
-            result = export(path, args.out, best=args.best, merged=args.merged, weights=args.weights,
+        with console.status(f"exporting to {args.out}"), _opened(args.path, write_back=False) as where:
+            result = export(where.local, args.out, best=args.best, merged=args.merged, weights=args.weights,
                             metric=args.metric, mode=args.mode, check=not args.no_check, tolerance=args.tolerance)
     except ExportError as exc:
         raise BadInput(str(exc)) from None
-    if _mirror:  # export.json names the source as the user does: in the object store
-        _name_sources_in_store(Path(result.out) / EXPORT_INFO)
+    if S.is_uri(args.path):  # export.json names the source as the user does: in the object store
+        _name_sources_in_store(Path(result.out) / EXPORT_INFO, where)
     what = "merged model" if result.merged else "peft adapter"
-    console.print(f"{what} of trial {result.trial_id or '?'} ({result.weights} weights of {_show(result.checkpoint)}) "
+    console.print(f"{what} of trial {result.trial_id or '?'} ({result.weights} weights of {where.show(result.checkpoint)}) "
                   f"→ {result.out}", markup=False)
     if result.selection:
         s = result.selection
@@ -249,13 +251,13 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _name_sources_in_store(info_file: Path) -> None:
+def _name_sources_in_store(info_file: Path, where: _Where) -> None:
     import json
 
     info = json.loads(info_file.read_text())
-    info["source_checkpoint"] = _show(info["source_checkpoint"])
+    info["source_checkpoint"] = where.show(info["source_checkpoint"])
     if info.get("selection"):
-        info["selection"]["experiment"] = _show(info["selection"]["experiment"])
+        info["selection"]["experiment"] = where.show(info["selection"]["experiment"])
     info_file.write_text(json.dumps(info, indent=2, default=float))
 
 
@@ -268,8 +270,8 @@ def cmd_eval(args) -> int:
     if problems:
         raise BadInput("\n".join(["input problem(s):"] + [f"  - {p}" for p in problems]))
     try:
-        with console.status("task metrics"), _opened(args.path) as path:
-            results = evaluate_path(path, best=args.best, tasks=args.tasks, generation=args.generation,
+        with console.status("task metrics"), _opened(args.path) as where:
+            results = evaluate_path(where.local, best=args.best, tasks=args.tasks, generation=args.generation,
                                     limit=args.limit, weights=args.weights,
                                     baseline=False if args.no_baseline else None,
                                     log=lambda m: console.print(m, markup=False, highlight=False))
@@ -283,17 +285,29 @@ def cmd_eval(args) -> int:
             console.print(f"best of {s['trials_considered']} finished trial(s) by {s['metric']} ({s['mode']}): "
                           f"{s['value']:.6g}")
         shown = {k: v for k, v in result.metrics.items() if M.is_task_metric(k)}
-        console.print(f"[bold]{result.trial_id or _show(result.checkpoint)}[/bold] " + ", ".join(
+        console.print(f"[bold]{result.trial_id or where.show(result.checkpoint)}[/bold] " + ", ".join(
             f"{k} {v:.4g}" + (f" (base {result.baseline[k]:.4g})" if k in result.baseline else "")
             for k, v in shown.items()))
         if result.metrics.get(M.TASK_ERRORS):
             console.print(f"missing: {result.metrics[M.TASK_ERRORS]}", markup=False, highlight=False)
-        console.print(f"wrote {_show(result.written)}", markup=False)
+        console.print(f"wrote {where.show(result.written)}", markup=False)
     return 0
 
 
+@dataclass(frozen=True)
+class _Where:
+    """What the user named (`given`) and the local directory a command reads: itself, or its mirror."""
+
+    local: Path
+    given: str
+
+    def show(self, path) -> str:
+        """A path as the user names it: inside an object-store experiment's mirror, its place in the store."""
+        return S.shown(path, self.local, self.given)
+
+
 @contextlib.contextmanager
-def _opened(given: str, write_back: bool = True):
+def _opened(given: str, write_back: bool = True) -> Iterator[_Where]:
     """An experiment, trial or checkpoint the user named, as a local directory: itself, or the local mirror
     of its object-store copy (files the command writes there go back to the store: experiment/storage.py)."""
     if S.is_uri(given):
@@ -304,18 +318,8 @@ def _opened(given: str, write_back: bool = True):
                            "(the experiment path `raysweep run` printed)")
     elif not Path(given).expanduser().exists():
         raise BadInput(f"{given}: no such directory; give an experiment, trial or checkpoint directory")
-    global _mirror
     with S.opened(given, write_back=write_back) as local:
-        _mirror = (local, given) if S.is_uri(given) else None
-        yield local
-
-
-_mirror: tuple[Path, str] | None = None  # (local mirror, object-store location) of the command's _opened
-
-
-def _show(path) -> str:
-    """A path as the user names it: inside an object-store experiment's mirror, its location in the store."""
-    return S.shown(path, *_mirror) if _mirror else str(path)
+        yield _Where(local, given)
 
 
 def _task_problems(tasks: list[str]) -> list[str]:
@@ -325,22 +329,22 @@ def _task_problems(tasks: list[str]) -> list[str]:
 
 
 def cmd_analyze(args) -> int:
-    with _opened(args.experiment) as local:
-        return _analyze(args, local)
+    with _opened(args.experiment) as where:
+        return _analyze(args, where)
 
 
-def _analyze(args, local: Path) -> int:
+def _analyze(args, where: _Where) -> int:
     from analysis.load import ResultsError, load_trials, print_overview
     from analysis.pareto import parse_objectives
     from analysis.summary import write_summaries
 
     try:
-        frame = load_trials(local)
+        frame = load_trials(where.local)
     except ResultsError as exc:
-        raise BadInput(str(exc).replace(str(local), args.experiment)) from None
+        raise BadInput(str(exc).replace(str(where.local), args.experiment)) from None
     # written into the experiment (its object store copy too: _opened uploads them) unless --out says where
-    out = Path(args.out).expanduser() if args.out else local
-    print_overview(console, frame, args.experiment, out, shown=_show)
+    out = Path(args.out).expanduser() if args.out else where.local
+    print_overview(console, frame, args.experiment, out, shown=where.show)
     if frame.empty:
         return 0
     try:
@@ -352,7 +356,7 @@ def _analyze(args, local: Path) -> int:
     front = written["front"]
     console.print(f"Pareto front ({', '.join(f'{k} {v}' for k, v in written['objectives'].items())}): "
                   f"{len(front)} of {written['configurations']} configuration(s) are non-dominated; "
-                  f"wrote {_show(written['summary_table'])} and {_show(written['pareto'])}")
+                  f"wrote {where.show(written['summary_table'])} and {where.show(written['pareto'])}")
     if len(written["excluded"]):
         console.print(f"left out of the front (missing or non-finite objective): {len(written['excluded'])}")
     if written["unfinished"]:

@@ -213,7 +213,7 @@ def _local_fit(resources: C.ResourcesConfig) -> list[str]:
 
 def unique_name(root: str, name: str) -> str:
     candidate, i = name, 2
-    while storage.exists(storage.join(root, candidate)) or storage.is_dir(storage.join(root, candidate)):
+    while storage.exists(storage.join(root, candidate)):
         candidate, i = f"{name}-{i}", i + 1
     return candidate
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -32,7 +33,7 @@ def is_uri(location: str | Path | None) -> bool:
 def join(location: str | Path, *parts: str) -> str:
     """`location`/part/…, keeping a URI's scheme and query (`?endpoint_override=…`) intact."""
     if not is_uri(location):
-        return str(Path(os.path.expanduser(str(location))).joinpath(*parts))
+        return str(_local(location).joinpath(*parts))
     scheme, netloc, path, query, fragment = urlsplit(str(location))
     path = "/".join([path.rstrip("/"), *[p.strip("/") for p in parts if p]])
     return urlunsplit((scheme, netloc, path, query, fragment))
@@ -45,28 +46,26 @@ def name_of(location: str | Path) -> str:
 
 def display(location: str | Path) -> str:
     """What to print: a local path resolved, a URI as given."""
-    return str(location) if is_uri(location) else str(Path(os.path.expanduser(str(location))).resolve())
-
-
-def filesystem(location: str | Path):
-    """(pyarrow filesystem, path on it) for a location."""
-    import pyarrow.fs as pafs
-
-    if not is_uri(location):
-        return pafs.LocalFileSystem(), str(Path(os.path.expanduser(str(location))).resolve())
-    return pafs.FileSystem.from_uri(str(location))
-
-
-def _info(location: str | Path):
-    fs, path = filesystem(location)
-    return fs.get_file_info(path)
+    return str(location) if is_uri(location) else str(_local(location).resolve())
 
 
 def _local(location: str | Path) -> Path:
     return Path(os.path.expanduser(str(location)))
 
 
-# local locations use the standard library: no pyarrow import in a command that never touches a store
+# Local locations use the standard library (no pyarrow import in a command that never touches a store);
+# object-store ones the pyarrow filesystem of their URI:
+def _filesystem(uri: str | Path):
+    """(pyarrow filesystem, path on it) of an object-store URI."""
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(str(uri))
+
+
+def _info(uri: str | Path):
+    fs, path = _filesystem(uri)
+    return fs.get_file_info(path)
+
 def exists(location: str | Path) -> bool:
     if not is_uri(location):
         return _local(location).exists()
@@ -89,10 +88,7 @@ def is_dir(location: str | Path) -> bool:
         return _local(location).is_dir()
     import pyarrow.fs as pafs
 
-    fs, path = filesystem(location)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        return True
-    return bool(fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False)))
+    return _info(location).type == pafs.FileType.Directory  # S3: a prefix with objects under it
 
 
 def bucket_exists(location: str | Path) -> bool:
@@ -101,7 +97,7 @@ def bucket_exists(location: str | Path) -> bool:
         return True
     import pyarrow.fs as pafs
 
-    fs, path = filesystem(location)
+    fs, path = _filesystem(location)
     return fs.get_file_info(path.split("/", 1)[0]).type != pafs.FileType.NotFound
 
 
@@ -109,7 +105,7 @@ def read_text(location: str | Path) -> str:
     """The file's text (undecodable bytes replaced); FileNotFoundError when there is none."""
     if not is_uri(location):
         return _local(location).read_text(errors="replace")
-    fs, path = filesystem(location)
+    fs, path = _filesystem(location)
     try:
         with fs.open_input_stream(path) as f:
             return f.read().decode(errors="replace")
@@ -125,13 +121,13 @@ def write_text(location: str | Path, text: str) -> None:
     """Write a whole file so readers see the old or the new one, never a part: locally written beside it and
     renamed; on an object store one PUT (objects are replaced whole)."""
     if not is_uri(location):
-        path = Path(os.path.expanduser(str(location)))
+        path = _local(location)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
         partial.write_text(text)
         os.replace(partial, path)
         return
-    fs, path = filesystem(location)
+    fs, path = _filesystem(location)
     with fs.open_output_stream(path) as f:
         f.write(text.encode())
 
@@ -139,7 +135,7 @@ def write_text(location: str | Path, text: str) -> None:
 def make_dirs(location: str | Path) -> None:
     """Create a local directory (an object store has no directories to create)."""
     if not is_uri(location):
-        Path(os.path.expanduser(str(location))).mkdir(parents=True, exist_ok=True)
+        _local(location).mkdir(parents=True, exist_ok=True)
 
 
 # ------------------------------------------------------------------------------- local mirrors
@@ -154,7 +150,7 @@ def mirror_of(location: str | Path) -> Path:
     """The local directory mirroring an object-store location (a local location is its own mirror):
     <cache>/storage/<scheme>/<bucket>/<path>, the query left out."""
     if not is_uri(location):
-        return Path(os.path.expanduser(str(location))).resolve()
+        return _local(location).resolve()
     parts = urlsplit(str(location))
     safe = [re.sub(r"[^A-Za-z0-9._=-]", "_", p) for p in [parts.scheme, parts.netloc, *parts.path.split("/")] if p]
     return cache_root().joinpath("storage", *safe)
@@ -168,7 +164,7 @@ def pull(location: str | Path, local: Path | None = None) -> Path:
     import pyarrow.fs as pafs
 
     local = local or mirror_of(location)
-    fs, root = filesystem(location)
+    fs, root = _filesystem(location)
     listing = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=True))
     for info in listing:
         if info.type != pafs.FileType.File:
@@ -181,8 +177,7 @@ def pull(location: str | Path, local: Path | None = None) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
         with fs.open_input_stream(info.path) as src, partial.open("wb") as dst:
-            while chunk := src.read(1 << 22):
-                dst.write(chunk)
+            shutil.copyfileobj(src, dst, 1 << 22)
         if stamp is not None:
             os.utime(partial, ns=(stamp, stamp))
         os.replace(partial, target)
@@ -194,13 +189,12 @@ def push(local: Path, location: str | Path, files: list[Path] | None = None) -> 
     locations written. A local `location` that is `local` itself needs nothing."""
     if not is_uri(location):
         return []
-    fs, root = filesystem(location)
+    fs, root = _filesystem(location)
     written = []
     for file in sorted(files if files is not None else [p for p in Path(local).rglob("*") if p.is_file()]):
         relative = Path(file).relative_to(local).as_posix()
         with Path(file).open("rb") as src, fs.open_output_stream(f"{root}/{relative}") as dst:
-            while chunk := src.read(1 << 22):
-                dst.write(chunk)
+            shutil.copyfileobj(src, dst, 1 << 22)
         written.append(join(location, relative))
     return written
 
@@ -219,7 +213,7 @@ def opened(location: str | Path, write_back: bool = True) -> Iterator[Path]:
     """`location` (an experiment, trial or checkpoint) as a local directory while the block runs: itself, or
     its pulled mirror, whose files the block writes or changes are pushed back when it ends without error."""
     if not is_uri(location):
-        yield Path(os.path.expanduser(str(location)))
+        yield _local(location)
         return
     local = pull(location)
     before = snapshot(local)

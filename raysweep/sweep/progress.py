@@ -83,6 +83,7 @@ class ProgressCallback(Callback):
         # launch/end times of an earlier run of this experiment (resume): Tune does not keep them, and a
         # trial that finished then is not started again
         self._earlier = earlier_times(storage.join(experiment_path, TRIALS_FILE))
+        self._baselines_copied: set[str] = set()  # baseline files already in the experiment's (each read once)
 
     def __getstate__(self) -> dict:
         # Tune pickles the RunConfig (callbacks included) into the experiment dir; consoles and the
@@ -97,6 +98,7 @@ class ProgressCallback(Callback):
         self.console = Console()
         self.__dict__.setdefault("started_at", None)  # pickled before the header showed timing
         self.__dict__.setdefault("total", None)
+        self.__dict__.setdefault("_baselines_copied", set())
 
     # --- Tune Callback interface -------------------------------------------------------------
     def setup(self, **info) -> None:
@@ -297,10 +299,12 @@ class ProgressCallback(Callback):
         """The untuned bases' task metrics the trials computed (or found) in the storage's shared baselines,
         copied into the experiment's baseline file: the experiment keeps them if the storage's copy goes."""
         files = {str(r.last[M.TASK_BASELINE_FILE]) for r in self.records.values() if r.last.get(M.TASK_BASELINE_FILE)}
+        copied = self._baselines_copied
         records = []
-        for file in sorted(files):
+        for file in sorted(files - copied):
             try:
                 records.append(json.loads(storage.read_text(file)))
+                copied.add(file)
             except (OSError, json.JSONDecodeError):
                 continue  # e.g. storage not mounted here: the trials' own numbers are all in trials.csv
         if records:

@@ -133,8 +133,8 @@ def _lora_layers(model) -> dict[str, nn.Module]:
 
 
 class Pack(nn.Module):
-    """The runner over the shared base and the members. `forward(batch, slices)` returns the logits of the
-    whole concatenated batch; `member_loss` is member k's causal-LM loss on its rows."""
+    """The runner over the shared base and the members. `member_losses(batch, slices)` gives each member's
+    causal-LM loss on its rows, `member_logits` each member's logits (eval)."""
 
     def __init__(self, runner: nn.Module, members: list[Member]):
         super().__init__()
@@ -172,61 +172,59 @@ class Pack(nn.Module):
                 layer.base_layer = shared[name]
 
     def forward(self, batch: dict[str, torch.Tensor], slices: Slices) -> torch.Tensor:
+        """The logits of the whole concatenated batch."""
+        self._route(slices)
+        return self.runner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def _route(self, slices: Slices) -> None:
         for layer in self.packed.values():
             layer.slices = slices
-        return self.runner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def _head_apart(self) -> bool:
         """Whether logits can be made member by member: the model allows it and no member adapts its output
         layer (a packed output layer computes every member's rows at once)."""
         return self.split_head and not isinstance(self.runner.get_output_embeddings(), PackedLinear)
 
-    def _hidden(self, batch: dict[str, torch.Tensor], slices: Slices) -> list[tuple[int, torch.Tensor]]:
-        """The decoder's last hidden states, one pass for the pack, split into (member, its rows)."""
-        for layer in self.packed.values():
-            layer.slices = slices
-        hidden = self.runner.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                           use_cache=False)[0]
+    def _by_member(self, batch: dict[str, torch.Tensor], slices: Slices) -> list[tuple[int, torch.Tensor]]:
+        """(member, its rows) of the decoder's last hidden states where logits are made member by member, else
+        of the whole batch's logits; one pass of the base for the pack either way."""
+        if self._head_apart():
+            self._route(slices)
+            out = self.runner.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                            use_cache=False)[0]
+        else:
+            out = self(batch, slices)
         present = [(k, rows) for k, rows in enumerate(slices) if rows is not None]
         # torch.split: one concatenation in the backward, not a zero tensor of the whole batch per member
-        parts = torch.split(hidden, [end - start for _, (start, end, _) in present])
-        return [(k, h) for (k, _), h in zip(present, parts, strict=True)]
+        parts = torch.split(out, [end - start for _, (start, end, _) in present])
+        return [(k, part) for (k, _), part in zip(present, parts, strict=True)]
 
-    def _loss_of(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        config = self.runner.config
-        logits = self.runner.get_output_embeddings()(hidden)
-        return self.runner.loss_function(logits=logits, labels=labels, vocab_size=config.vocab_size)
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """transformers' causal-LM loss: what `model(**batch).loss` gives a member alone on its rows."""
+        return self.runner.loss_function(logits=logits, labels=labels, vocab_size=self.runner.config.vocab_size)
+
+    def _head_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self._loss(self.runner.get_output_embeddings()(hidden), labels)
 
     def member_losses(self, batch: dict[str, torch.Tensor], slices: Slices) -> dict[int, torch.Tensor]:
-        """Each present member's causal-LM loss over its rows (what `model(**batch).loss` gives it alone)."""
-        if not self._head_apart():
-            logits = self(batch, slices)
-            return {k: self.member_loss(logits, batch["labels"], rows) for k, rows in enumerate(slices) if rows}
+        """Each present member's causal-LM loss over its rows. Made member by member, each inside a checkpoint:
+        its logits are freed once its loss is known and remade in the backward."""
         from torch.utils.checkpoint import checkpoint
 
+        apart = self._head_apart()
         out = {}
-        for k, hidden in self._hidden(batch, slices):
-            start, end, _ = slices[k]
-            # checkpointed: its logits are freed once the loss is known and remade in the backward
-            out[k] = checkpoint(self._loss_of, hidden, batch["labels"][start:end], use_reentrant=False)
+        for k, part in self._by_member(batch, slices):
+            labels = batch["labels"][slices[k][0]:slices[k][1]]
+            out[k] = (checkpoint(self._head_loss, part, labels, use_reentrant=False) if apart
+                      else self._loss(part, labels))
         return out
 
     def member_logits(self, batch: dict[str, torch.Tensor], slices: Slices) -> Iterator[tuple[int, torch.Tensor]]:
         """(member, the logits of its rows), made one member at a time where the model allows it (eval)."""
-        if not self._head_apart():
-            logits = self(batch, slices)
-            yield from ((k, logits[rows[0]:rows[1]]) for k, rows in enumerate(slices) if rows)
-            return
+        apart = self._head_apart()
         head = self.runner.get_output_embeddings()
-        for k, hidden in self._hidden(batch, slices):
-            yield k, head(hidden)
-
-    def member_loss(self, logits: torch.Tensor, labels: torch.Tensor, rows: tuple[int, int, int]) -> torch.Tensor:
-        """What `model(**batch).loss` gives the member alone: transformers' causal-LM loss over its rows."""
-        start, end, _ = rows
-        config = self.runner.config
-        return self.runner.loss_function(logits=logits[start:end], labels=labels[start:end],
-                                         vocab_size=config.vocab_size)
+        for k, part in self._by_member(batch, slices):
+            yield k, head(part) if apart else part
 
 
 def head_splits(runner: nn.Module) -> bool:
