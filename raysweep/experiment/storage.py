@@ -230,18 +230,10 @@ def shown(path: str | Path, local: Path, location: str | Path) -> str:
     return join(location, text[len(base):].lstrip("/")) if text != base else str(location)
 
 
-def location_of(checkpoint) -> str:
-    """A Ray checkpoint's location as a user gives it back to raysweep: a local path, or a URI (Ray keeps an
-    object-store checkpoint as a path on its filesystem, without the scheme)."""
-    fs = getattr(checkpoint, "filesystem", None)
-    kind = getattr(fs, "type_name", "local")
-    path = str(checkpoint.path)
-    return path if kind == "local" or "://" in path else f"{kind}://{path}"
-
-
 def in_store(path: str, location: str | Path) -> str:
-    """A path Ray reported inside the object-store `location` without its scheme ("bucket/prefix/…", as
-    Ray Train reports checkpoints), as a URI; anything else unchanged."""
+    """A path Ray reported inside the object-store `location` without its scheme (Ray keeps a checkpoint in
+    object storage as "bucket/prefix/…" on its filesystem), as the URI a user gives back; anything else
+    unchanged."""
     if not path or not is_uri(location) or "://" in path:
         return path
     scheme, rest = str(location).split("?", 1)[0].split("://", 1)

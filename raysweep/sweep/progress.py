@@ -119,7 +119,7 @@ class ProgressCallback(Callback):
         self._record(trial).last = dict(result)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
-        self._record(trial).checkpoint_path = storage.location_of(checkpoint)
+        self._record(trial).checkpoint_path = checkpoint.path
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         rec = self._record(trial)
@@ -159,11 +159,12 @@ class ProgressCallback(Callback):
             # and resumes them: only on_trial_complete (or an earlier run) means finished
             status = "INTERRUPTED"
         rec.status = status
-        rec.path = trial_location(trial, self.experiment_path) or rec.path
-        rec.local_path = getattr(trial, "local_path", "") or rec.local_path
+        if not rec.path:  # a trial's directory never moves: worked out once, not at every step of Tune's loop
+            rec.path = trial_location(trial, self.experiment_path)
+            rec.local_path = getattr(trial, "local_path", "") or ""
         checkpoint = getattr(trial, "checkpoint", None)
         if checkpoint is not None:
-            rec.checkpoint_path = storage.location_of(checkpoint)
+            rec.checkpoint_path = checkpoint.path
         if not rec.last and getattr(trial, "last_result", None):
             rec.last = dict(trial.last_result)  # trials restored from a previous run
         if rec.finished:
