@@ -47,7 +47,8 @@ from raysweep.trial.packed_loop import train_pack
 from raysweep.trial.session import LocalSession
 
 def config(r, seed):
-    raw = {"model": {"name_or_path": model_dir}, "data": {"task": "builtin_tokens", "max_seq_len": seq,
+    # resources.cpus_per_worker = this process's threads: a trial sets its torch threads from it (setup_runtime)
+    raw = {"model": {"name_or_path": model_dir}, "resources": {"cpus_per_worker": threads}, "data": {"task": "builtin_tokens", "max_seq_len": seq,
            "max_eval_examples": evals}, "adapter": {"type": "lora", "r": r, "target_modules": "all-linear"},
            "train": {"max_steps": steps, "eval_every": 1000, "batch_size": 4, "eval_batch_size": 8, "lr": 1e-3,
                      "seed": seed, "log_every": 1000, "gradient_checkpointing": gc}}

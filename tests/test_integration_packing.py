@@ -22,7 +22,7 @@ GRID = """
 name: packed
 data: {max_seq_len: 32, max_eval_examples: 64}
 train: {max_steps: 60, eval_every: 20, log_every: 10, batch_size: 16, lr: 3.0e-3}
-resources: {pack: 4}
+resources: {pack: 4, max_concurrent: 1}  # one slot: the four packable cells fill its worker, whatever the CPUs
 grid:
   - {adapter.type: [lora, sora], adapter.r: [4, 8]}
   - {adapter.type: [masked]}
@@ -67,7 +67,7 @@ def test_plan_shows_the_packs_and_why_a_cell_runs_alone(packed):
 
 def test_members_share_one_worker_and_get_their_results_alone(packed):
     """Four cells (lora and sora, r 4 and 8) train in one pack worker (one process, one sys/pack), the masked
-    cell in a worker of its own; every member's eval loss at every eval equals its run alone (float32:
+    cell in a worker of its own once the pack's members have all left (one slot); every member's eval loss at every eval equals its run alone (float32:
     the pack pads batches to the widest member, so the last bits may differ: ≤ 1e-4 relative)."""
     _, proc, experiment = packed
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

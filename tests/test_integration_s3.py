@@ -206,7 +206,7 @@ def test_packed_trials_store_to_s3(s3, tmp_path, builtin_model_dir, builtin_task
     scheme, and trials.csv gets it back, is tests/test_storage.py's.)"""
     grid = tmp_path / "shared.yaml"
     grid.write_text(GRID)
-    proc = run_cli("run", grid, "resources.pack=2", "--storage", f"s3://{BUCKET}/executors", "--name", "pack")
+    proc = run_cli("run", grid, "resources.pack=2", "resources.max_concurrent=1", "--storage", f"s3://{BUCKET}/executors", "--name", "pack")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = trials_in_s3(s3, "executors/pack")
     assert len(rows) == 2 and {r["status"] for r in rows} == {"TERMINATED"}
@@ -214,7 +214,7 @@ def test_packed_trials_store_to_s3(s3, tmp_path, builtin_model_dir, builtin_task
         assert row[M.CHECKPOINT_PATH].startswith(f"s3://{BUCKET}/executors/pack/"), row[M.CHECKPOINT_PATH]
         checkpoint = row[M.CHECKPOINT_PATH].removeprefix(f"s3://{BUCKET}/")
         assert json.loads(read(s3, BUCKET, f"{checkpoint}/metrics.json"))[M.TRAIN_STEP] == 30
-    assert len({r[M.SYS_PACK] for r in rows}) == 1  # both trained in one pack worker
+    assert len({r[M.SYS_PACK] for r in rows}) == 1  # both trained in one pack worker (one slot)
     exported = run_cli("export", f"s3://{BUCKET}/executors/pack", "--best", "--out", tmp_path / "export")
     assert exported.returncode == 0, exported.stdout[-3000:] + exported.stderr[-3000:]
     assert "relative difference" in exported.stdout

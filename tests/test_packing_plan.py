@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from raysweep.config import expand, run_config
-from raysweep.sweep.packs import groups, packing
+from raysweep.sweep.packs import Place, describe_packs, first_wave, groups, packing, placement
+from raysweep.trial.pack_key import unpacked_reason
 
 
 def sweep_of(**sections):
@@ -39,3 +40,39 @@ def test_cells_group_by_what_the_base_sees_and_sublora_runs_alone():
     assert [len(cells) for cells in alone.values()] == [4] and "sublora" in next(iter(alone))
     for cells in packed.values():
         assert len({t.config.data.max_seq_len for t in cells}) == 1
+
+
+def places(*workers):
+    return [Place(key, members, capacity) for key, members, capacity in workers]
+
+
+@pytest.mark.parametrize(("workers", "slots", "key", "where"), [
+    ((), 2, "a", ("new", None)),  # an empty cluster: a worker on a free slot
+    ((("a", 1, 4),), 2, "a", ("new", None)),  # spread: a free slot before a second member
+    ((("a", 1, 4), ("a", 2, 4)), 2, "a", ("join", 0)),  # then fill, the least-filled first
+    ((("a", 4, 4), ("a", 3, 4)), 2, "a", ("join", 1)),
+    ((("a", 4, 4), ("a", 4, 4)), 2, "a", None),  # every place taken: ask again
+    ((("b", 1, 4), ("a", 0, 4)), 2, "a", ("join", 1)),  # a worker of its base whose members left takes it back
+    ((("b", 1, 4), ("c", 0, 4)), 2, "a", ("replace", 1)),  # another base's idle worker makes way
+    ((("b", 1, 4), ("c", 2, 4)), 2, "a", None),  # other bases' busy workers: wait
+    ((("alone:m", 1, 1),), 1, "alone:m", None),  # a cell alone never shares its worker
+])
+def test_placement_spreads_over_free_slots_then_fills(workers, slots, key, where):
+    assert placement(places(*workers), slots, key) == where
+
+
+def test_the_first_wave_of_8_cells_with_pack_8_on_2_slots_is_2_workers_of_4():
+    wave, waiting = first_wave([("a", 8)] * 8, 2)
+    assert wave == [("a", [0, 2, 4, 6]), ("a", [1, 3, 5, 7])] and waiting == []
+    wave, waiting = first_wave([("a", 2)] * 5 + [("alone:m", 1)], 2)
+    assert wave == [("a", [0, 2]), ("a", [1, 3])] and waiting == [4, 5]
+
+
+def test_plan_lists_the_workers_a_sweep_starts_with():
+    sweep, trials = sweep_of(resources={"pack": 2, "max_concurrent": 2})
+    lines = describe_packs(sweep, trials)
+    # lora/dora × seed 0/1 (cells 0-3) share one base and spread over the 2 slots; sublora (4, 5) runs alone
+    assert "on this machine 2 worker(s) at once" in lines[0]
+    assert [line.strip() for line in lines[1:]] == [
+        "pack 1: trials 0, 2", "pack 2: trials 1, 3",
+        f"alone (one per worker), trials 4, 5: {unpacked_reason(run_config(trials[4].config))}"]

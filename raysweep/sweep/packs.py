@@ -3,10 +3,11 @@
 Every grid cell stays a Tune trial of its own (so the live table, trials.csv, schedulers, checkpoints and
 resume stay per configuration), but its trainable is a *relay* that asks for no CPU: it joins a pack worker
 (trial/pack_worker.py, a Ray actor holding one slot's resources and one base) and reports to Tune what its
-member reports there. A registry actor places relays: a worker with the same pack key and a free place,
-else a new worker while slots remain, else one whose members have all left is replaced. So a member that
-ends (finished, stopped by ASHA/median, NaN) frees its place for the next pending cell with the same key
-(continuous packing), and a cell that cannot be packed gets a worker of its own.
+member reports there. A registry actor places relays by one rule (`placement`): a free slot gets a new worker
+before an existing one takes another member (spread, then fill), else the least-filled worker with the same
+pack key and a free place, else one whose members have all left is replaced. So `pack: K` never leaves a
+reserved CPU/GPU idle, a member that ends (finished, stopped by ASHA/median, NaN) frees its place for the next
+pending cell with the same key (continuous packing), and a cell that cannot be packed gets a worker of its own.
 
 `plan` uses `packing` / `groups` (no Ray, no torch); the driver uses `start_registry` / `relay_trainable`.
 """
@@ -67,6 +68,53 @@ def groups(trials: list[Any], run_config) -> tuple[dict[str, list[Any]], dict[st
     return packed, alone
 
 
+@dataclass
+class Place:
+    """A pack worker as the placement rule sees it."""
+
+    key: str  # pack key; "alone:<key>" for a worker that runs one unpackable cell
+    members: int
+    capacity: int
+
+
+def placement(places: list[Place], slots: int, key: str) -> tuple[str, int | None] | None:
+    """Where a new member with pack `key` goes: ("join", i) worker i; ("new", None) a new worker on a free slot;
+    ("replace", i) a new worker instead of idle worker i (its members all left); None: no place yet (ask again).
+
+    Spread, then fill: a free slot gets a new worker before a worker takes a second member, so 8 cells with
+    pack 8 on 2 slots train as 2 workers × 4 rather than 1 × 8 beside an idle slot (benchmarks/RESULTS.md (n2));
+    a sweep that wants one base in memory gives one worker all the CPUs/GPUs (resources.*_per_worker)."""
+    same = [i for i, p in enumerate(places) if p.key == key and p.members < p.capacity]
+    empty = next((i for i in same if places[i].members == 0), None)
+    if empty is not None:
+        return "join", empty
+    if len(places) < slots:
+        return "new", None
+    if same:
+        return "join", min(same, key=lambda i: places[i].members)
+    idle = next((i for i, p in enumerate(places) if p.members == 0), None)
+    return ("replace", idle) if idle is not None else None
+
+
+def first_wave(keys: list[tuple[str, int]], slots: int) -> tuple[list[tuple[str, list[int]]], list[int]]:
+    """The workers the sweep starts with when cells (key, capacity) ask in order and none has ended yet:
+    [(key, indices of the cells it holds)], and the cells left waiting for a place."""
+    places: list[Place] = []
+    held: list[list[int]] = []
+    waiting = []
+    for index, (key, capacity) in enumerate(keys):
+        where = placement(places, slots, key)
+        if where is None:
+            waiting.append(index)
+        elif where[0] == "join":
+            places[where[1]].members += 1
+            held[where[1]].append(index)
+        else:  # "new" ("replace" needs a worker whose members left: not in a first wave)
+            places.append(Place(key, 1, capacity))
+            held.append([index])
+    return [(p.key, h) for p, h in zip(places, held, strict=True)], waiting
+
+
 def describe_packs(sweep: Any, trials: list[Any]) -> list[str]:
     """`plan`'s lines on packing: the decision, which trials share a worker, and each one that runs alone."""
     from raysweep.config import run_config
@@ -76,22 +124,36 @@ def describe_packs(sweep: Any, trials: list[Any]) -> list[str]:
     decision = packing(sweep)
     if decision.why_not:
         return [f"packed trials: off ({decision.why_not})"]
-    packed, alone = groups(trials, run_config)
     res = sweep.resources
-    workers = trials_at_once(res, os.cpu_count() or 1, 0)
-    here = "" if res.gpus_per_worker else (
-        f"; on this machine {workers} worker(s) at once, so up to {workers * decision.size} trials")
-    lines = [f"packed trials: up to {decision.size} per worker over one shared base "
-             f"(resources.pack: {res.pack}){here}; a member that ends frees its place for the next cell "
-             "with the same base"]
-    n = 0
-    for cells in packed.values():
-        for i in range(0, len(cells), decision.size):
-            n += 1
-            chunk = cells[i : i + decision.size]
-            lines.append(f"  pack {n}: trials {', '.join(str(t.index) for t in chunk)}")
-    for reason, cells in alone.items():
-        lines.append(f"  alone (one per worker), trials {', '.join(str(t.index) for t in cells)}: {reason}")
+    lines = [f"packed trials: up to {decision.size} per worker over one shared base (resources.pack: {res.pack}); "
+             "free slots get a worker first, and a member that ends frees its place for the next cell with the "
+             "same base"]
+    reasons = {t.index: unpacked_reason(run_config(t.config)) for t in trials}
+    if res.gpus_per_worker and not res.max_concurrent:
+        # the slots are the cluster's GPUs, unknown here: the cells by base, K at a time
+        packed, _ = groups(trials, run_config)
+        chunks = [[t.index for t in cells[i : i + decision.size]]
+                  for cells in packed.values() for i in range(0, len(cells), decision.size)]
+        lines += [f"  pack {n}: trials {', '.join(map(str, c))}" for n, c in enumerate(chunks, 1)]
+    else:
+        workers = trials_at_once(res, os.cpu_count() or 1, 0)
+        lines[0] += f"; on this machine {workers} worker(s) at once"
+        keys = [((f"alone:{reasons[t.index]}", 1) if reasons[t.index]
+                 else (pack_key(run_config(t.config)), decision.size)) for t in trials]
+        wave, waiting = first_wave(keys, workers)
+        n = 0
+        for key, held in wave:
+            if not key.startswith("alone:"):
+                n += 1
+                lines.append(f"  pack {n}: trials {', '.join(str(trials[i].index) for i in held)}")
+        later = [str(trials[i].index) for i in waiting if not keys[i][0].startswith("alone:")]
+        if later:
+            lines.append(f"  then, as places free up: trials {', '.join(later)}")
+    alone: dict[str, list[str]] = {}
+    for index, reason in reasons.items():
+        if reason:
+            alone.setdefault(reason, []).append(str(index))
+    lines += [f"  alone (one per worker), trials {', '.join(cells)}: {reason}" for reason, cells in alone.items()]
     return lines
 
 
@@ -118,15 +180,15 @@ class Registry:
                 w["members"].discard(trial_id)
         capacity = 1 if alone else self.capacity
         key = f"alone:{key}" if alone else key  # a worker that ran a trial alone never takes packed members
-        for w in self.workers:
-            if w["key"] == key and len(w["members"]) < w["capacity"]:
-                w["members"].add(trial_id)
-                return w["handle"], w["name"]
-        if len(self.workers) >= self.slots:
-            idle = next((w for w in self.workers if not w["members"]), None)
-            if idle is None:
-                return None
-            self.workers.remove(idle)
+        where = placement([Place(w["key"], len(w["members"]), w["capacity"]) for w in self.workers], self.slots, key)
+        if where is None:
+            return None
+        if where[0] == "join":
+            w = self.workers[where[1]]
+            w["members"].add(trial_id)
+            return w["handle"], w["name"]
+        if where[0] == "replace":
+            idle = self.workers.pop(where[1])
             ray.kill(idle["handle"])
         self.count += 1
         name = f"{self.name}-pack{self.count}"
