@@ -1,3 +1,4 @@
+# over 400 lines: one table of every bad input the CLI must stop, each case a row (optuna style)
 """Bad input, consolidated (issue 7, part 6): one table of malformed grids, overrides, data files, model paths
 and resource requests, each run through the real command line. Every case must end with exit code 2 and one
 error that names the key path (or file) and says how to fix it, with no traceback, before Ray starts, and with

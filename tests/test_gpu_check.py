@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -79,11 +80,13 @@ def test_tiny_cpu_mode_runs_every_step_without_the_packages_the_gpu_lacks(tmp_pa
     steps = record["steps"]
     failed = {k: v.get("error") for k, v in steps.items() if v["status"] not in ("ok",)}
     assert not failed, failed
-    assert steps["5"]["pack8_vs_one_at_a_time"] > 0 and steps["5"]["member_tokens_per_s_vs_bare"] > 0
+    # per-step times are differences of two short runs: on a loaded CPU in tiny mode they may even be negative,
+    # so only that each number was measured is checked here (their meaning is the GPU run's)
+    assert all(math.isfinite(steps["5"][k]) for k in ("pack8_vs_one_at_a_time", "member_tokens_per_s_vs_bare"))
     assert record["imported_absent"] == []  # ray, optuna, bitsandbytes, deepspeed: none was needed
     # what each step measured is there (numbers on a CPU mean nothing; their presence does)
     assert [r["loop"] for r in steps["1"]["rows"]] == ["bare peft + torch", "raysweep run_training"]
-    assert steps["1"]["ratio_raysweep_to_bare"] > 0 and steps["2"]["gradient_checkpointing"] is True
+    assert math.isfinite(steps["1"]["ratio_raysweep_to_bare"]) and steps["2"]["gradient_checkpointing"] is True
     rows = {r["adapter"]: r for r in steps["3"]["rows"]}
     assert set(rows) == {"lora", "dora", "sora", "sdora", "sublora d=1000", "masked 50% unstructured"}
     assert all(r["status"] == "ok" and r["loss_falls"] and r["peak_mem_mb"] > 0 for r in rows.values()), rows
@@ -91,7 +94,7 @@ def test_tiny_cpu_mode_runs_every_step_without_the_packages_the_gpu_lacks(tmp_pa
     assert [r["role"] for r in steps["4"]["rows"]] == ["ok", "hog"] and steps["4"]["passed"]
     assert all(r["gpu_memory_fraction"] == 0.25 for r in steps["4"]["rows"])  # gpus_per_worker 0.25 → the cap
     assert "## step 3" in (out / "results.md").read_text()
-    assert seconds < 60, f"the CPU mode took {seconds:.0f} s"
+    assert seconds < 120, f"the CPU mode took {seconds:.0f} s"  # ~20 s alone, ~27 s beside another test process
 
 
 def test_a_step_that_raises_is_recorded_and_the_rest_go_on(tmp_path):

@@ -9,7 +9,8 @@ pack key and a free place, else one whose members have all left is replaced. So 
 reserved CPU/GPU idle, a member that ends (finished, stopped by ASHA/median, NaN) frees its place for the next
 pending cell with the same key (continuous packing), and a cell that cannot be packed gets a worker of its own.
 
-`plan` uses `packing` / `groups` (no Ray, no torch); the driver uses `start_registry` / `relay_trainable`.
+`plan` uses `packing` / `describe_packs` (no Ray, no torch; the same `placement`); the driver uses
+`start_registry` / `relay_trainable`.
 """
 
 from __future__ import annotations
