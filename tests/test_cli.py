@@ -46,6 +46,14 @@ def test_plan_prints_the_trials_and_resources():
     assert proc.stdout.count("lora") == 4 and proc.stdout.count("dora") == 4
 
 
+def test_plan_shows_the_pack_workers_a_packed_sweep_starts_with():
+    """8 cells, pack 8, 2 slots: two workers of 4 (free slots first), and the slots counted as pack workers."""
+    proc = cli("plan", "search_spaces/quickstart.yaml", "resources.pack=8", "resources.max_concurrent=2")
+    assert proc.returncode == 0, proc.stderr
+    assert "pack 1: trials 0, 2, 4, 6\n  pack 2: trials 1, 3, 5, 7\n" in proc.stdout
+    assert "at most 2 pack worker(s) of up to 8 trials at once (resources.max_concurrent)" in proc.stdout
+
+
 def test_plan_with_overrides(tmp_path):
     proc = cli("plan", "search_spaces/quickstart.yaml", "grid.train.seed=[0]", "adapter.r=8")
     assert proc.returncode == 0, proc.stderr

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from raysweep import config as C
 from raysweep.config.grid import Trial, trial_count
-from raysweep.sweep.packs import describe_packs
+from raysweep.sweep.packs import describe_packs, packing
 from raysweep.sweep.resources import trials_at_once
 
 if TYPE_CHECKING:
@@ -59,12 +59,16 @@ def print_plan(console: Console, sweep: C.Sweep, trials: list[Trial], estimate: 
     console.print(f"executor: {describe_executor(res)}")
     for line in describe_packs(sweep, trials):
         console.print(line, markup=False, highlight=False)
+    size = packing(sweep).size
+
+    def at_once(n: int) -> str:
+        return f"{n} trial(s)" if size == 1 else f"{n} pack worker(s) of up to {size} trials"
+
     if res.max_concurrent:
-        console.print(f"at most {res.max_concurrent} at once (resources.max_concurrent)")
+        console.print(f"at most {at_once(res.max_concurrent)} at once (resources.max_concurrent)")
     elif not res.gpus_per_worker:
         cpus = os.cpu_count() or 1
-        slots = trials_at_once(res, cpus, 0)
-        console.print(f"on this machine ({cpus} CPUs): {slots} trial(s) at once; on a cluster: its CPUs ÷ "
+        console.print(f"on this machine ({cpus} CPUs): {at_once(trials_at_once(res, cpus, 0))} at once; on a cluster: its CPUs ÷ "
                       f"{res.cpus_per_worker * res.num_workers:g}")
     else:
         console.print(f"trials at once: the cluster's GPUs ÷ {res.gpus_per_worker * res.num_workers:g}")
