@@ -175,3 +175,24 @@ def test_asha_stops_members_inside_a_pack_and_the_next_cell_takes_the_place(tmp_
     assert {r["status"] for r in rows.values()} == {"TERMINATED"}  # (a scheduler-stopped trial is saved so)
     packs = {results_of(Path(r["trial_path"]))[-1].get(M.SYS_PACK) for r in rows.values()}
     assert len(packs) == 1 and None not in packs  # every cell trained in the one pack worker, one after another
+
+
+def test_the_registry_spreads_members_over_free_slots_before_filling_a_worker():
+    """The sweep's registry (real Ray, real pack worker actors): 4 cells of one base, pack 2 × 2 slots → two
+    workers of 2, the second slot used before a worker takes its second member; a 5th waits while every place is taken; one that leaves
+    frees its place for the next."""
+    import ray
+
+    from raysweep.sweep.packs import Registry
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        registry = Registry(slots=2, capacity=2, resources={"CPU": 1}, name="spread")
+        names = [registry.assign("base", False, f"t{i}")[1] for i in range(4)]
+        assert names == ["spread-pack1", "spread-pack2", "spread-pack1", "spread-pack2"]
+        assert registry.assign("base", False, "t4") is None
+        registry.release("t1")
+        assert registry.assign("base", False, "t4")[1] == "spread-pack2"
+        assert [len(w["members"]) for w in registry.workers] == [2, 2]
+    finally:
+        ray.shutdown()

@@ -206,7 +206,8 @@ def test_packed_trials_store_to_s3(s3, tmp_path, builtin_model_dir, builtin_task
     scheme, and trials.csv gets it back, is tests/test_storage.py's.)"""
     grid = tmp_path / "shared.yaml"
     grid.write_text(GRID)
-    proc = run_cli("run", grid, "resources.pack=2", "resources.max_concurrent=1", "--storage", f"s3://{BUCKET}/executors", "--name", "pack")
+    proc = run_cli("run", grid, "resources.pack=2", "resources.max_concurrent=1",
+                   "--storage", f"s3://{BUCKET}/executors", "--name", "pack")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = trials_in_s3(s3, "executors/pack")
     assert len(rows) == 2 and {r["status"] for r in rows} == {"TERMINATED"}

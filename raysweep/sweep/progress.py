@@ -159,9 +159,9 @@ class ProgressCallback(Callback):
             # and resumes them: only on_trial_complete (or an earlier run) means finished
             status = "INTERRUPTED"
         rec.status = status
-        if not rec.path:  # a trial's directory never moves: worked out once, not at every step of Tune's loop
-            rec.path = trial_location(trial, self.experiment_path)
-            rec.local_path = getattr(trial, "local_path", "") or ""
+        # a trial's directories never move: worked out once they are known, not at every step of Tune's loop
+        rec.path = rec.path or trial_location(trial, self.experiment_path)
+        rec.local_path = rec.local_path or getattr(trial, "local_path", "") or ""
         checkpoint = getattr(trial, "checkpoint", None)
         if checkpoint is not None:
             rec.checkpoint_path = checkpoint.path
